@@ -1,0 +1,34 @@
+# Set-up and entry points. `make demo` and `make test` work on a fresh clone (they create .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= all
+# The CPU wheel of torch must be installed before the package: a plain `torch` pulls GBs of CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv demo test test-all lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m sppo_rl.demo
+
+test: venv
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Sparse, verifiable-outcome control tasks (the RLVR control suite), imported as ``sppo_rl.envs``."""

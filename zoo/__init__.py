@@ -1,0 +1,1 @@
+"""Train, evaluate and tune SPPO and PPO from the command line, imported as ``sppo_rl.zoo``."""
