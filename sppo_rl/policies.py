@@ -134,7 +134,7 @@ class SPPOPolicy(ActorCriticPolicy):
             if "share_features_extractor" in unsupported:
                 hint = " (the SPPO critic is decoupled: it never shares the actor's features extractor)"
             raise TypeError(f"SPPOPolicy got unsupported arguments: {', '.join(sorted(unsupported))}{hint}")
-        self.value_head_spec: ValueHeadSpec = value_head
+        self._set_value_head_spec(value_head)
         self.value_head_kwargs = dict(value_head_kwargs or {})
         if isinstance(value_head, str) and value_head != "auto":
             resolve_value_head_name(value_head)  # validates the type early
@@ -156,6 +156,11 @@ class SPPOPolicy(ActorCriticPolicy):
         )
 
     # ---- construction -----------------------------------------------------------------------------------
+
+    def _set_value_head_spec(self, spec: ValueHeadSpec) -> None:
+        # Bypass nn.Module.__setattr__: a head *instance* given as the spec must not be registered as a
+        # second submodule (it lives in self.critic.head).
+        object.__setattr__(self, "value_head_spec", spec)
 
     @property
     def actor_net_arch(self) -> list[int]:
@@ -187,7 +192,9 @@ class SPPOPolicy(ActorCriticPolicy):
             self.action_net, self.log_std = self.action_dist.proba_distribution_net(
                 latent_dim=latent_dim_pi, log_std_init=self.log_std_init
             )
-        elif isinstance(self.action_dist, (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution)):
+        elif isinstance(
+            self.action_dist, (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution)
+        ):
             self.action_net = self.action_dist.proba_distribution_net(latent_dim=latent_dim_pi)
         else:
             raise NotImplementedError(f"Unsupported action distribution {type(self.action_dist).__name__}")
@@ -239,7 +246,7 @@ class SPPOPolicy(ActorCriticPolicy):
         if self.ortho_init:
             head.apply(lambda m: self.init_weights(m, gain=1.0))
         self.critic.head = head.to(self.device)
-        self.value_head_spec = spec
+        self._set_value_head_spec(spec)
         self.critic_optimizer = self._make_critic_optimizer(lr)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

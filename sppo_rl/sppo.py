@@ -4,7 +4,8 @@ One update, top to bottom (see :meth:`SPPO.collect_rollouts` and :meth:`SPPO.tra
 
 1. Collect **whole episodes** with the current policy: after ``n_steps`` steps per environment (or
    ``n_episodes`` finished episodes) keep stepping until every episode started before that point has ended.
-   Steps of episodes that started later and did not end are dropped, so no episode crosses two rollouts.
+   Episodes that start after that point are not recorded (the environments are reset before the next
+   rollout), so no episode crosses two rollouts and short episodes are not favoured.
 2. The outcome ``R`` of each episode: ``info["is_success"]`` at its last step when the env reports it,
    otherwise the summed reward, or ``outcome(episode_return, final_info)`` for a user callable.
 3. ``V(s0)`` of every episode's start observation from the critic *before* this update;
@@ -21,6 +22,7 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -151,6 +153,13 @@ class SPPO(OnPolicyAlgorithm):
         _init_setup_model: bool = True,
     ) -> None:
         policy_kwargs = dict(policy_kwargs or {})
+        if policy_kwargs.get("use_sde"):
+            raise ValueError("SPPO does not support gSDE (use_sde=True); use the default Gaussian exploration")
+        policy_kwargs.pop("use_sde", None)
+        if isinstance(env, gym.Env | VecEnv):
+            # refuse unsupported spaces before SB3 tries to wrap the env
+            _check_space(env.observation_space, SUPPORTED_OBSERVATION_SPACES, "observation")
+            _check_space(env.action_space, SUPPORTED_ACTION_SPACES, "action")
         if "value_head" in policy_kwargs:
             if not (isinstance(value_head, str) and value_head == "auto") and policy_kwargs["value_head"] != value_head:
                 raise ValueError("value_head is given both as an argument and in policy_kwargs, with different values")
@@ -256,7 +265,9 @@ class SPPO(OnPolicyAlgorithm):
         if isinstance(self.value_head, str) and self.value_head == "auto":
             chosen = "bernoulli" if self.outcome == "success" else "gaussian"
             self.policy.set_value_head(chosen)
-            update_learning_rate(self.policy.critic_optimizer, self.critic_lr_schedule(self._current_progress_remaining))
+            update_learning_rate(
+                self.policy.critic_optimizer, self.critic_lr_schedule(self._current_progress_remaining)
+            )
             self.value_head = chosen
             self.policy_kwargs["value_head"] = chosen
             reason = (
@@ -323,14 +334,10 @@ class SPPO(OnPolicyAlgorithm):
         required = np.ones(n_envs, dtype=bool)
         threshold_reached = False
         n_vector_steps = 0
+        n_unrecorded = 0
         callback.on_rollout_start()
 
-        while True:
-            if not threshold_reached and self._rollout_threshold_reached(n_vector_steps, rollout_buffer):
-                threshold_reached = True
-            if threshold_reached and not required.any():
-                break
-
+        while not (threshold_reached and not required.any()):
             with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 distribution = self.policy.get_distribution(obs_tensor)
@@ -348,15 +355,22 @@ class SPPO(OnPolicyAlgorithm):
                 return False
             self._update_info_buffer(infos, dones)
 
-            rollout_buffer.add(self._last_obs, actions, log_probs.cpu().numpy(), np.ones(n_envs, dtype=bool))
+            # Only episodes that began before the threshold are recorded: keeping later ones only when they
+            # happen to end early would bias the sample towards short episodes.
+            rollout_buffer.add(self._last_obs, actions, log_probs.cpu().numpy(), required)
+            n_unrecorded += int(n_envs - required.sum())
             raw_rewards = vec_normalize.get_original_reward() if vec_normalize is not None else rewards
             episode_return += raw_rewards
             episode_length += 1
+            n_vector_steps += 1
+            threshold_reached = threshold_reached or self._rollout_threshold_reached(n_vector_steps, rollout_buffer)
             for env_idx in np.flatnonzero(dones):
                 outcome = self._episode_outcome(int(env_idx), float(episode_return[env_idx]), infos[env_idx])
                 rollout_buffer.end_episode(int(env_idx), outcome)
                 episode_return[env_idx] = 0.0
                 episode_length[env_idx] = 0
+                threshold_reached = threshold_reached or self._rollout_threshold_reached(n_vector_steps, rollout_buffer)
+                # the episode that starts now is waited for only if it began before the threshold
                 required[env_idx] = not threshold_reached
             too_long = np.flatnonzero(episode_length > self.max_episode_steps)
             if too_long.size:
@@ -366,15 +380,14 @@ class SPPO(OnPolicyAlgorithm):
                     "(gymnasium.make(id, max_episode_steps=N) or gymnasium.wrappers.TimeLimit) or raise the "
                     "bound with SPPO(..., max_episode_steps=N)."
                 )
-            n_vector_steps += 1
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
 
-        discarded = rollout_buffer.discard_open()
+        n_unrecorded += rollout_buffer.discard_open()  # nothing is left open here; kept as a safeguard
         self._needs_reset = bool(np.any(episode_length > 0))
         self.num_episodes += rollout_buffer.n_episodes
         self.logger.record("rollout/episodes", rollout_buffer.n_episodes)
-        self.logger.record("rollout/discarded_steps", discarded)
+        self.logger.record("rollout/discarded_steps", n_unrecorded)
         self.logger.record("time/total_episodes", self.num_episodes)
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -510,4 +523,3 @@ class SPPO(OnPolicyAlgorithm):
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
-

@@ -210,9 +210,7 @@ def resolve_value_head_name(spec: str | type[ValueHead] | ValueHead) -> str:
     raise TypeError(f"value_head must be a name, a ValueHead subclass or instance, got {spec!r}")
 
 
-def make_value_head(
-    spec: str | type[ValueHead] | ValueHead, features_dim: int, **kwargs: Any
-) -> ValueHead:
+def make_value_head(spec: str | type[ValueHead] | ValueHead, features_dim: int, **kwargs: Any) -> ValueHead:
     """Build a value head.
 
     :param spec: ``"bernoulli"``, ``"gaussian"``, a :class:`ValueHead` subclass (built with

@@ -1,0 +1,256 @@
+"""Advantage estimators and the clipped loss against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from sppo_rl import objectives as obj
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# ---- registry ------------------------------------------------------------------------------------------------
+
+
+def test_registry_has_every_estimator():
+    assert set(obj.ADVANTAGE_ESTIMATORS) >= {"sppo", "grpo", "rloo", "remax", "none", "gae"}
+
+
+def test_unknown_estimator_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"Unknown advantage estimator 'ppo2'.*'grpo'"):
+        obj.compute_advantages("ppo2", outcomes=t(1.0))
+
+
+def test_register_custom_estimator_and_refuse_duplicates():
+    @obj.register_advantage_estimator("test-half")
+    def half(outcomes):
+        return outcomes / 2
+
+    try:
+        assert torch.equal(obj.compute_advantages("test-half", outcomes=t(2.0, 4.0)), t(1.0, 2.0))
+        with pytest.raises(ValueError, match="already registered"):
+            obj.register_advantage_estimator("test-half")(lambda outcomes: outcomes)
+    finally:
+        del obj.ADVANTAGE_ESTIMATORS["test-half"]
+
+
+# ---- sequence-level estimators --------------------------------------------------------------------------------
+
+
+def test_sppo_is_outcome_minus_baseline_without_gradient():
+    baselines = torch.tensor([0.25, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
+    adv = obj.compute_advantages("sppo", outcomes=t(1.0, 0.0, 1.0), baselines=baselines)
+    assert torch.allclose(adv, t(0.75, -0.5, 0.1))
+    assert not adv.requires_grad
+
+
+def test_sppo_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="Shapes must match"):
+        obj.sppo_advantages(t(1.0, 0.0), t(0.5))
+
+
+def test_none_is_the_outcome():
+    assert torch.equal(obj.compute_advantages("none", outcomes=t(1.0, 0.0)), t(1.0, 0.0))
+
+
+def test_grpo_hand_computed():
+    # group 0: [1, 0, 1, 1] mean 0.75, unbiased std sqrt(0.25) = 0.5; group 7: [0, 1] mean .5 std sqrt(.5)
+    outcomes = t(1.0, 0.0, 1.0, 1.0, 0.0, 1.0)
+    groups = torch.tensor([0, 0, 0, 0, 7, 7])
+    adv = obj.grpo_advantages(outcomes, groups, eps=1e-6)
+    std0, std7 = 0.5, math.sqrt(0.5)
+    expected = t(0.25 / (std0 + 1e-6), -0.75 / (std0 + 1e-6), 0.25 / (std0 + 1e-6), 0.25 / (std0 + 1e-6),
+                 -0.5 / (std7 + 1e-6), 0.5 / (std7 + 1e-6))  # fmt: skip
+    assert torch.allclose(adv, expected)
+
+
+def test_grpo_edge_cases_group_of_one_and_unanimous_group():
+    outcomes = t(1.0, 0.0, 1.0, 1.0)
+    adv = obj.grpo_advantages(outcomes, [0, 1, 2, 2])
+    assert adv[0] == 1.0 and adv[1] == 0.0  # groups of one: A = R exactly
+    assert torch.equal(adv[2:], t(0.0, 0.0))  # unanimous group: no signal
+
+
+def test_grpo_without_std_is_centred_outcome():
+    adv = obj.grpo_advantages(t(1.0, 0.0, 0.0), [3, 3, 3], normalize_by_std=False)
+    assert torch.allclose(adv, t(2 / 3, -1 / 3, -1 / 3))
+
+
+def test_grpo_accepts_string_like_labels_via_tensor():
+    adv = obj.grpo_advantages(t(1.0, 0.0), torch.tensor([5, 5]))
+    assert adv[0] > 0 > adv[1]
+
+
+def test_rloo_is_leave_one_out_mean():
+    outcomes = t(1.0, 0.0, 0.0, 1.0, 3.0)
+    adv = obj.rloo_advantages(outcomes, [0, 0, 0, 0, 1])
+    others = [(0 + 0 + 1) / 3, (1 + 0 + 1) / 3, (1 + 0 + 1) / 3, (1 + 0 + 0) / 3]
+    assert torch.allclose(adv[:4], t(*[r - o for r, o in zip([1.0, 0.0, 0.0, 1.0], others, strict=True)]))
+    assert adv[4] == 3.0  # group of one
+
+
+def test_remax():
+    assert torch.equal(obj.remax_advantages(t(1.0, 0.0, 1.0), t(1.0, 1.0, 0.0)), t(0.0, -1.0, 1.0))
+
+
+def test_broadcast_gives_each_step_its_sequence_advantage_and_zero_padding():
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    out = obj.broadcast_to_steps(t(0.5, -2.0), mask)
+    assert torch.equal(out, t(0.5, 0.5, 0.5, -2.0, 0.0, 0.0).reshape(2, 3))
+
+
+# ---- GAE ---------------------------------------------------------------------------------------------------
+
+
+def test_gae_gamma_lambda_one_is_return_minus_value():
+    # one outcome at the last valid step; padding after it
+    rewards = t(0.0, 0.0, 1.0, 0.0, 0.0, 0.0).reshape(2, 3)
+    values = t(0.2, 0.4, 0.9, 0.5, 9.0, 9.0).reshape(2, 3)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    adv, ret = obj.gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0, whiten=False)
+    assert torch.allclose(adv, t(0.8, 0.6, 0.1, -0.5, 0.0, 0.0).reshape(2, 3))
+    assert torch.allclose(ret, t(1.0, 1.0, 1.0, 0.0, 0.0, 0.0).reshape(2, 3))
+
+
+def test_gae_matches_recursion_for_general_gamma_lambda():
+    gamma, lam = 0.9, 0.8
+    r = [1.0, -1.0, 2.0]
+    v = [0.5, 0.1, -0.3]
+    deltas = [r[0] + gamma * v[1] - v[0], r[1] + gamma * v[2] - v[1], r[2] - v[2]]
+    a2 = deltas[2]
+    a1 = deltas[1] + gamma * lam * a2
+    a0 = deltas[0] + gamma * lam * a1
+    adv, _ = obj.gae_advantages(t(*r)[None], t(*v)[None], torch.ones(1, 3), gamma=gamma, lam=lam, whiten=False)
+    assert torch.allclose(adv[0], t(a0, a1, a2))
+
+
+def test_gae_whitening_zero_mean_unit_std_over_valid_steps():
+    rewards = torch.randn(4, 6, dtype=torch.float64)
+    values = torch.randn(4, 6, dtype=torch.float64)
+    mask = torch.ones(4, 6)
+    mask[1, 3:] = 0
+    adv, _ = obj.gae_advantages(rewards, values, mask, gamma=0.99, lam=0.95, whiten=True)
+    valid = adv[mask.bool()]
+    assert abs(valid.mean().item()) < 1e-6
+    assert abs(valid.std().item() - 1.0) < 1e-4
+    assert torch.all(adv[~mask.bool()] == 0)
+
+
+# ---- loss aggregation --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loss_and_mask():
+    loss = t(1.0, 2.0, 3.0, 4.0, 10.0, 99.0).reshape(2, 3)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    return loss, mask
+
+
+def test_token_mean(loss_and_mask):
+    assert obj.aggregate_loss(*loss_and_mask, "token-mean").item() == pytest.approx((1 + 2 + 3 + 4 + 10) / 5)
+
+
+def test_seq_mean_token_mean(loss_and_mask):
+    assert obj.aggregate_loss(*loss_and_mask, "seq-mean-token-mean").item() == pytest.approx((2.0 + 7.0) / 2)
+
+
+def test_seq_mean_token_sum(loss_and_mask):
+    assert obj.aggregate_loss(*loss_and_mask, "seq-mean-token-sum").item() == pytest.approx((6.0 + 14.0) / 2)
+
+
+def test_empty_sequences_are_left_out_of_sequence_means():
+    loss = t(2.0, 4.0, 5.0, 5.0).reshape(2, 2)
+    mask = torch.tensor([[1, 1], [0, 0]])
+    assert obj.aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx(3.0)
+    assert obj.aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx(6.0)
+
+
+def test_unknown_aggregation_is_refused(loss_and_mask):
+    with pytest.raises(ValueError, match="seq-mean-token-sum"):
+        obj.aggregate_loss(*loss_and_mask, "sum")
+
+
+# ---- clipped policy loss ------------------------------------------------------------------------------------
+
+
+def _loss(ratios, advantages, mask=None, **kw):
+    ratios = t(*ratios)[None]
+    log_prob = torch.log(ratios).requires_grad_(True)
+    old = torch.zeros_like(log_prob)
+    adv = t(*advantages)[None]
+    mask = torch.ones_like(adv) if mask is None else torch.tensor([mask])
+    return obj.clipped_policy_loss(log_prob, old, adv, mask, **kw), log_prob
+
+
+def test_clipped_loss_hand_computed_symmetric():
+    # per step: max(-A r, -A clip(r, .8, 1.2))
+    out, _ = _loss([1.5, 0.5, 1.1, 0.7], [1.0, 1.0, -2.0, -2.0], clip_range=0.2, dual_clip=None)
+    per_step = [-1.2, -0.5, 2.2, 1.6]
+    assert out.loss.item() == pytest.approx(sum(per_step) / 4)
+    # clipped branch active at step 0 (r > 1.2 with A > 0) and step 3 (r < 0.8 with A < 0)
+    assert out.clip_fraction.item() == pytest.approx(0.5)
+    assert out.ratio_mean.item() == pytest.approx((1.5 + 0.5 + 1.1 + 0.7) / 4)
+
+
+def test_clipped_loss_asymmetric_clip_high():
+    out, _ = _loss([1.5], [1.0], clip_range=0.2, clip_range_high=0.28, dual_clip=None)
+    assert out.loss.item() == pytest.approx(-1.28)
+
+
+def test_dual_clip_caps_negative_advantage_loss():
+    # r = 5 with A = -1: the plain clipped loss is 5, the dual clip caps it at 3
+    out, log_prob = _loss([5.0, 5.0], [-1.0, 1.0], clip_range=0.2, dual_clip=3.0)
+    assert out.loss.item() == pytest.approx((3.0 + -1.2) / 2)
+    assert out.dual_clip_fraction.item() == pytest.approx(0.5)
+    out.loss.backward()
+    assert log_prob.grad[0, 0] == 0  # capped: no gradient through the ratio
+    without, _ = _loss([5.0, 5.0], [-1.0, 1.0], clip_range=0.2, dual_clip=None)
+    assert without.loss.item() == pytest.approx((5.0 + -1.2) / 2)
+
+
+def test_gradient_matches_hand_computation():
+    # unclipped step: d(-A r)/d log p = -A r
+    out, log_prob = _loss([1.1, 1.0], [2.0, -1.0], clip_range=0.2, dual_clip=None)
+    out.loss.backward()
+    assert torch.allclose(log_prob.grad, t(-2.0 * 1.1 / 2, 1.0 * 1.0 / 2)[None])
+
+
+def test_log_ratio_clamp_keeps_loss_finite():
+    log_prob = torch.tensor([[100.0]], dtype=torch.float64)
+    out = obj.clipped_policy_loss(log_prob, torch.zeros_like(log_prob), t(-1.0)[None], torch.ones(1, 1), dual_clip=None)
+    assert math.isfinite(out.loss.item()) and out.loss.item() == pytest.approx(math.exp(20.0))
+
+
+def test_padding_does_not_contribute():
+    out_pad, _ = _loss([1.5, 1000.0], [1.0, -50.0], mask=[1, 0], dual_clip=None)
+    out, _ = _loss([1.5], [1.0], dual_clip=None)
+    assert out_pad.loss.item() == pytest.approx(out.loss.item())
+
+
+def test_approx_kl_is_k3_and_zero_on_policy():
+    out, _ = _loss([1.0, 1.0], [1.0, -1.0])
+    assert out.approx_kl.item() == 0.0
+    out, _ = _loss([2.0], [1.0])
+    assert out.approx_kl.item() == pytest.approx(1.0 - math.log(2.0))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [({"clip_range": 0.0}, "clip_range"), ({"dual_clip": 0.5}, "dual_clip"), ({"loss_agg_mode": "x"}, "loss_agg_mode")],
+)
+def test_bad_loss_arguments(kw, message):
+    with pytest.raises(ValueError, match=message):
+        _loss([1.0], [1.0], **kw)
+
+
+def test_kl_penalty_k1_k3():
+    lp, ref = t(-1.0, -2.0)[None], t(-1.5, -1.0)[None]
+    assert torch.allclose(obj.kl_penalty(lp, ref, "k1"), t(0.5, -1.0)[None])
+    d = t(-0.5, 1.0)
+    assert torch.allclose(obj.kl_penalty(lp, ref, "k3"), (torch.exp(d) - d - 1)[None])
+    assert torch.all(obj.kl_penalty(lp, ref, "k3") >= 0)
+    with pytest.raises(ValueError, match="k2"):
+        obj.kl_penalty(lp, ref, "k2")
