@@ -40,6 +40,12 @@ def _stack(items: list[Obs]) -> Obs:
     return np.stack(items)  # type: ignore[arg-type]
 
 
+def _index(x: TensorObs, index: th.Tensor) -> TensorObs:
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
+
+
 def _to_tensor(x: Obs, device: th.device) -> TensorObs:
     if isinstance(x, dict):
         return {k: th.as_tensor(v, device=device) for k, v in x.items()}
@@ -188,11 +194,22 @@ class EpisodeRolloutBuffer:
         self.n_steps_total = int(lengths.sum())
         # release the per-step lists
         self._obs, self._actions, self._log_probs = [], [], []
+        self._make_tensors()
         self.finalized = True
 
     def start_observations_tensor(self) -> TensorObs:
         """``(E, *obs_shape)`` start observations on the buffer's device."""
-        return _to_tensor(self.start_observations, self.device)
+        return self._t_start_obs
+
+    def _make_tensors(self) -> None:
+        # one host -> device conversion per rollout; minibatches are then tensor index operations
+        dev = self.device
+        self._t_obs = _to_tensor(self.observations, dev)
+        self._t_actions = th.as_tensor(self.actions, device=dev)
+        self._t_log_probs = th.as_tensor(self.log_probs, device=dev)
+        self._t_start_obs = _to_tensor(self.start_observations, dev)
+        self._t_outcomes = th.as_tensor(self.outcomes, device=dev)
+        self._t_advantages = th.as_tensor(self.advantages, device=dev)
 
     def set_advantages(self, advantages: np.ndarray | th.Tensor) -> None:
         """Set the per-episode advantages ``(E,)``."""
@@ -200,6 +217,7 @@ class EpisodeRolloutBuffer:
         if adv.shape != self.outcomes.shape:
             raise ValueError(f"Expected {self.outcomes.shape} advantages, got {adv.shape}")
         self.advantages = adv.astype(np.float32)
+        self._t_advantages = th.as_tensor(self.advantages, device=self.device)
 
     def iter_minibatches(self, batch_episodes: int) -> Iterator[EpisodeMinibatch]:
         """Shuffle the episodes (NumPy's global generator, which SB3's ``set_random_seed`` seeds) and yield
@@ -214,20 +232,22 @@ class EpisodeRolloutBuffer:
         lengths = self.episode_lengths[episodes]
         starts = self.episode_starts[episodes]
         rows = np.repeat(np.arange(len(episodes)), lengths)
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        offsets = np.cumsum(lengths) - lengths
         cols = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths)
-        step_idx = np.repeat(starts, lengths) + cols
-        mask = np.zeros((len(episodes), int(lengths.max())), dtype=bool)
-        mask[rows, cols] = True
         dev = self.device
+        step_idx = th.as_tensor(np.repeat(starts, lengths) + cols, device=dev)
+        episode_idx = th.as_tensor(episodes, device=dev)
+        rows_t, cols_t = th.as_tensor(rows, device=dev), th.as_tensor(cols, device=dev)
+        mask = th.zeros((len(episodes), int(lengths.max())), dtype=th.bool, device=dev)
+        mask[rows_t, cols_t] = True
         return EpisodeMinibatch(
-            observations=_to_tensor(_take(self.observations, step_idx), dev),
-            actions=th.as_tensor(self.actions[step_idx], device=dev),
-            old_log_probs=th.as_tensor(self.log_probs[step_idx], device=dev),
-            advantages=th.as_tensor(self.advantages[episodes], device=dev),
-            start_observations=_to_tensor(_take(self.start_observations, episodes), dev),
-            outcomes=th.as_tensor(self.outcomes[episodes], device=dev),
-            rows=th.as_tensor(rows, device=dev),
-            cols=th.as_tensor(cols, device=dev),
-            mask=th.as_tensor(mask, device=dev),
+            observations=_index(self._t_obs, step_idx),
+            actions=self._t_actions[step_idx],
+            old_log_probs=self._t_log_probs[step_idx],
+            advantages=self._t_advantages[episode_idx],
+            start_observations=_index(self._t_start_obs, episode_idx),
+            outcomes=self._t_outcomes[episode_idx],
+            rows=rows_t,
+            cols=cols_t,
+            mask=mask,
         )

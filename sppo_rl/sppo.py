@@ -420,17 +420,13 @@ class SPPO(OnPolicyAlgorithm):
         buffer.set_advantages(advantages)
         critic.head.update_statistics(outcomes)
 
+        actor_params, critic_params = self.policy.actor_parameters(), self.policy.critic_parameters()
+        actor_optimizer, critic_optimizer = self.policy.optimizer, self.policy.critic_optimizer
         pg_losses, value_losses, entropy_losses, clip_fractions, approx_kls = [], [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
             for batch in buffer.iter_minibatches(self.batch_episodes):
                 value_loss = critic.loss(batch.start_observations, batch.outcomes)
-                self.policy.critic_optimizer.zero_grad()
-                value_loss.backward()
-                th.nn.utils.clip_grad_norm_(self.policy.critic_parameters(), self.max_grad_norm)
-                self.policy.critic_optimizer.step()
-                value_losses.append(value_loss.item())
-
                 log_prob, entropy = self.policy.log_prob_and_entropy(batch.observations, batch.actions)
                 policy_out = clipped_policy_loss(
                     batch.to_padded(log_prob),
@@ -452,11 +448,16 @@ class SPPO(OnPolicyAlgorithm):
                     if self.verbose >= 1:
                         print(f"Early stopping at epoch {epoch} due to reaching max kl: {approx_kl:.3f}")
                     break
-                loss = policy_out.loss + self.ent_coef * entropy_loss
-                self.policy.optimizer.zero_grad()
-                loss.backward()
-                th.nn.utils.clip_grad_norm_(self.policy.actor_parameters(), self.max_grad_norm)
-                self.policy.optimizer.step()
+                # The actor and critic graphs are disjoint: one backward pass fills both sets of gradients,
+                # then each network is clipped and stepped by its own optimizer.
+                actor_optimizer.zero_grad()
+                critic_optimizer.zero_grad()
+                (policy_out.loss + self.ent_coef * entropy_loss + value_loss).backward()
+                th.nn.utils.clip_grad_norm_(critic_params, self.max_grad_norm)
+                th.nn.utils.clip_grad_norm_(actor_params, self.max_grad_norm)
+                critic_optimizer.step()
+                actor_optimizer.step()
+                value_losses.append(value_loss.item())
                 pg_losses.append(policy_out.loss.item())
                 entropy_losses.append(entropy_loss.item())
                 clip_fractions.append(float(policy_out.clip_fraction))

@@ -95,8 +95,9 @@ def test_subproc_vec_env_matches_dummy_vec_env():
 
 def test_vec_normalize_observations_and_outcome_uses_raw_rewards():
     env = VecNormalize(
-        make_vec_env(StartDeterminedOutcomeEnv, n_envs=2, seed=0, env_kwargs={"report_success": False,
-                                                                             "outcome_scale": 50.0}),  # fmt: skip
+        make_vec_env(
+            StartDeterminedOutcomeEnv, n_envs=2, seed=0, env_kwargs={"report_success": False, "outcome_scale": 50.0}
+        ),  # fmt: skip
         norm_obs=True,
         norm_reward=True,
     )
