@@ -7,7 +7,8 @@ work per rollout is comparable. The time is split between collection (rollouts) 
 
 Usage::
 
-    python benchmarks/control_throughput.py [--timesteps 50000] [--repeats 3] [--out benchmarks/out/control_throughput.json]
+    python benchmarks/control_throughput.py [--timesteps 50000] [--repeats 3] \\
+        [--out benchmarks/out/control_throughput.json]
 
 Prints a table with the SPPO/PPO ratio and writes the raw measurements as JSON.
 """

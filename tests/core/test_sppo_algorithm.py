@@ -97,7 +97,7 @@ def test_vec_normalize_observations_and_outcome_uses_raw_rewards():
     env = VecNormalize(
         make_vec_env(
             StartDeterminedOutcomeEnv, n_envs=2, seed=0, env_kwargs={"report_success": False, "outcome_scale": 50.0}
-        ),  # fmt: skip
+        ),
         norm_obs=True,
         norm_reward=True,
     )
@@ -143,7 +143,8 @@ def test_rollout_logs_include_episodes_and_success_rate(tmp_path):
     model.learn(100)
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    with open(tmp_path / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
     assert rows and "rollout/episodes" in rows[0] and "rollout/success_rate" in rows[0]
     assert int(float(rows[0]["rollout/episodes"])) >= 2 * 32 // 10
 
