@@ -1,1 +1,105 @@
-"""SPPO for language models (prompt -> response as a one-step environment), imported as ``sppo_rl.llm``."""
+"""Sequence-Level PPO for language models (prompt -> response as a one-step environment), as ``sppo_rl.llm``.
+
+>>> from sppo_rl.llm import SPPOTrainer, PromptDataset, ExactMatchVerifier  # doctest: +SKIP
+>>> trainer = SPPOTrainer("path/to/policy", PromptDataset(rows), ExactMatchVerifier(), critic="path/to/critic")
+>>> trainer.learn(n_iterations=100, progress_bar=True)  # doctest: +SKIP
+
+Importing this package needs torch only; ``transformers``/``peft`` are imported when models are built, and
+gymnasium only for :class:`PromptEnv` (loaded on first access). See ``docs/llm.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import (
+    CriticSpec,
+    DataSpec,
+    EvalSettings,
+    GenerationSettings,
+    LoraSettings,
+    ModelSpec,
+    RewardSpec,
+    RunConfig,
+    TrainerConfig,
+    TrainSettings,
+)
+from .data import EmptyDatasetError, PromptDataset, PromptSampler, PromptTemplate, load_prompt_dataset, load_rows
+from .generation import PromptTooLongError
+from .rewards import (
+    BoxedMathVerifier,
+    ExactMatchVerifier,
+    FunctionReward,
+    ReasoningGymVerifier,
+    RewardRunner,
+    Verifier,
+    VerifierResult,
+    make_reward,
+)
+
+if TYPE_CHECKING:
+    from .builder import build_trainer
+    from .critic import LMCritic, load_critic, make_shared_critic
+    from .env import PromptEnv
+    from .evaluation import evaluate_policy
+    from .models import PolicyModel, load_policy
+    from .trainer import SPPOTrainer
+
+_LAZY = {
+    "PromptEnv": ".env",
+    "SPPOTrainer": ".trainer",
+    "PolicyModel": ".models",
+    "load_policy": ".models",
+    "LMCritic": ".critic",
+    "load_critic": ".critic",
+    "make_shared_critic": ".critic",
+    "evaluate_policy": ".evaluation",
+    "build_trainer": ".builder",
+}
+
+__all__ = [
+    "BoxedMathVerifier",
+    "CriticSpec",
+    "DataSpec",
+    "EmptyDatasetError",
+    "EvalSettings",
+    "ExactMatchVerifier",
+    "FunctionReward",
+    "GenerationSettings",
+    "LMCritic",
+    "LoraSettings",
+    "ModelSpec",
+    "PolicyModel",
+    "PromptDataset",
+    "PromptEnv",
+    "PromptSampler",
+    "PromptTemplate",
+    "PromptTooLongError",
+    "ReasoningGymVerifier",
+    "RewardRunner",
+    "RewardSpec",
+    "RunConfig",
+    "SPPOTrainer",
+    "TrainSettings",
+    "TrainerConfig",
+    "Verifier",
+    "VerifierResult",
+    "build_trainer",
+    "evaluate_policy",
+    "load_critic",
+    "load_policy",
+    "load_prompt_dataset",
+    "load_rows",
+    "make_reward",
+    "make_shared_critic",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

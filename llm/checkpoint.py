@@ -1,0 +1,230 @@
+"""Checkpoints of the LLM trainer: safetensors weights + JSON config, with everything needed to resume exactly.
+
+A checkpoint is a folder::
+
+    config.json              format, versions, TrainerConfig, RunConfig (if any), counters, base fingerprints
+    policy_adapter/          the policy's LoRA adapter (peft ``save_pretrained``: adapter_model.safetensors +
+                             adapter_config.json; loadable with ``PeftModel.from_pretrained``)
+    policy.safetensors       instead of policy_adapter/ when the policy is trained without LoRA
+    critic.safetensors       the critic's trainable weights (head, plus its adapter or its whole trunk) and the
+                             head's buffers
+    optimizer.pt             both optimizer states (tensors only; read with ``torch.load(weights_only=True)``)
+    rng_state.safetensors    torch CPU/CUDA and shuffle-generator states
+    trainer_state.json       iteration, responses seen, prompt-sampler position, Python and NumPy RNG states
+    tokenizer/, critic_tokenizer/   the tokenizers (in-process tokenizers are reused on load)
+
+Base weights are not copied (they are the pretrained model, or a seeded random init). A fingerprint of the
+frozen base weights is stored and checked on load, so restoring an adapter onto a different base fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from sppo_rl.version import __version__
+
+from .config import to_dict
+
+if TYPE_CHECKING:
+    from .trainer import SPPOTrainer
+
+__all__ = ["CHECKPOINT_FORMAT", "frozen_fingerprint", "load_checkpoint", "read_checkpoint_config", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "sppo-rl-llm-checkpoint/1"
+
+
+def frozen_fingerprint(model: torch.nn.Module, exclude: set[int], max_tensors: int = 16) -> list[float]:
+    """Float64 sums of up to ``max_tensors`` frozen parameters (evenly spread, by name order).
+
+    :param model: the model
+    :param exclude: ``id()`` of the trainable parameters to leave out
+    :param max_tensors: how many tensors to sum
+    :return: list of sums
+    """
+    named = sorted((n, p) for n, p in model.named_parameters() if id(p) not in exclude)
+    if not named:
+        return []
+    step = max(1, len(named) // max_tensors)
+    return [float(p.detach().double().sum()) for _, p in named[::step][:max_tensors]]
+
+
+def _fingerprints(trainer: SPPOTrainer) -> dict[str, list[float]]:
+    out = {"policy": frozen_fingerprint(trainer.policy.model, {id(p) for p in _all_trainable(trainer)})}
+    critic = trainer.critic
+    if critic is not None and not critic.shared:
+        out["critic"] = frozen_fingerprint(critic.backbone, {id(p) for _, p in critic.trainable_named_parameters()})
+    return out
+
+
+def _all_trainable(trainer: SPPOTrainer) -> list[torch.nn.Parameter]:
+    params = list(trainer.policy_params)
+    if trainer.critic is not None and trainer.critic.shared:
+        params += [p for _, p in trainer.critic.trainable_named_parameters()]
+    return params
+
+
+def _policy_state(trainer: SPPOTrainer) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in trainer.policy.model.named_parameters()}
+    return {names[id(p)]: p.detach().contiguous() for p in trainer.policy_params}
+
+
+def save_checkpoint(trainer: SPPOTrainer, path: str) -> str:
+    """Write ``trainer``'s state to folder ``path``.
+
+    :param trainer: the trainer
+    :param path: destination folder (created; files in it are overwritten)
+    :return: ``path``
+    """
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    policy = trainer.policy
+    if policy.has_lora:
+        policy.model.save_pretrained(os.path.join(path, "policy_adapter"), selected_adapters=[policy.adapter_name])
+    else:
+        save_file(_policy_state(trainer), os.path.join(path, "policy.safetensors"))
+    if trainer.critic is not None:
+        state = {k: v.contiguous().clone() for k, v in trainer.critic.trainable_state_dict().items()}
+        save_file(state, os.path.join(path, "critic.safetensors"))
+        if not trainer.critic.shared:
+            trainer.critic.tokenizer.save_pretrained(os.path.join(path, "critic_tokenizer"))
+    policy.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+
+    optim = {"policy": trainer.policy_optimizer.state_dict()}
+    if trainer.critic_optimizer is not None:
+        optim["critic"] = trainer.critic_optimizer.state_dict()
+    torch.save(optim, os.path.join(path, "optimizer.pt"))
+
+    rng = {"torch_cpu": torch.get_rng_state(), "shuffle": trainer.shuffle_generator.get_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = s
+    save_file({k: v.contiguous() for k, v in rng.items()}, os.path.join(path, "rng_state.safetensors"))
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "iteration": trainer.iteration,
+        "num_timesteps": trainer.num_timesteps,
+        "sampler": trainer.sampler.state_dict(),
+        "seeded": trainer._seeded,
+        "python_random": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy_random": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    with open(os.path.join(path, "trainer_state.json"), "w", encoding="utf-8") as f:
+        json.dump(state, f)
+
+    config = {
+        "format": CHECKPOINT_FORMAT,
+        "sppo_rl_version": __version__,
+        "torch_version": torch.__version__,
+        "estimator": trainer.config.estimator,
+        "critic": None if trainer.critic is None else ("shared" if trainer.critic.shared else "separate"),
+        "value_head": None if trainer.critic is None else trainer.critic.head.name,
+        "iteration": trainer.iteration,
+        "num_timesteps": trainer.num_timesteps,
+        "trainer_config": to_dict(trainer.config),
+        "run_config": trainer.run_config.to_dict() if trainer.run_config is not None else None,
+        "fingerprints": _fingerprints(trainer),
+        "last_metrics": trainer.last_metrics,
+    }
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, default=str)
+    return path
+
+
+def read_checkpoint_config(path: str) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint folder.
+
+    :raises FileNotFoundError: not a checkpoint folder
+    :raises ValueError: unknown format
+    """
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path} is not an sppo-rl LLM checkpoint (no config.json)")
+    with open(file, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {config.get('format')!r}; expected {CHECKPOINT_FORMAT}")
+    return config
+
+
+def _check_fingerprint(name: str, saved: list[float] | None, current: list[float]) -> None:
+    if saved is None:
+        return
+    if len(saved) != len(current) or not np.allclose(saved, current, rtol=1e-5, atol=1e-6):
+        raise ValueError(
+            f"The {name}'s frozen base weights differ from those the checkpoint was trained on: load the same base "
+            "model (path, or config and seed for a random init)"
+        )
+
+
+def load_checkpoint(trainer: SPPOTrainer, path: str) -> None:
+    """Restore a checkpoint written by :func:`save_checkpoint` into an identically built trainer.
+
+    :param trainer: the trainer (same models, data and configuration as when saving)
+    :param path: the checkpoint folder
+    :raises ValueError: a different estimator, critic kind or base model
+    """
+    from peft import load_peft_weights, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = read_checkpoint_config(path)
+    if config["estimator"] != trainer.config.estimator:
+        raise ValueError(
+            f"The checkpoint uses estimator {config['estimator']!r}, the trainer {trainer.config.estimator!r}"
+        )
+    kind = None if trainer.critic is None else ("shared" if trainer.critic.shared else "separate")
+    if config["critic"] != kind:
+        raise ValueError(f"The checkpoint has critic {config['critic']!r}, the trainer {kind!r}")
+    fps = config.get("fingerprints", {})
+    current = _fingerprints(trainer)
+    _check_fingerprint("policy", fps.get("policy"), current["policy"])
+    if "critic" in current:
+        _check_fingerprint("critic", fps.get("critic"), current["critic"])
+
+    device = trainer.device
+    policy = trainer.policy
+    if policy.has_lora:
+        weights = load_peft_weights(os.path.join(path, "policy_adapter"), device=str(device))
+        result = set_peft_model_state_dict(policy.model, weights, adapter_name=policy.adapter_name)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"The policy adapter in {path} does not match the model: unexpected {unexpected[:5]}")
+    else:
+        state = load_file(os.path.join(path, "policy.safetensors"), device=str(device))
+        own = dict(policy.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.items():
+                own[name].copy_(tensor)
+    if trainer.critic is not None:
+        trainer.critic.load_trainable_state_dict(load_file(os.path.join(path, "critic.safetensors")))
+
+    optim = torch.load(os.path.join(path, "optimizer.pt"), map_location=device, weights_only=True)
+    trainer.policy_optimizer.load_state_dict(optim["policy"])
+    if trainer.critic_optimizer is not None:
+        trainer.critic_optimizer.load_state_dict(optim["critic"])
+
+    rng = load_file(os.path.join(path, "rng_state.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    trainer.shuffle_generator.set_state(rng["shuffle"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
+        if states and len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+    py = state["python_random"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npr = state["numpy_random"]
+    np.random.set_state((npr[0], np.asarray(npr[1], dtype=np.uint32), npr[2], npr[3], npr[4]))
+    trainer.sampler.load_state_dict(state["sampler"])
+    trainer.iteration = int(state["iteration"])
+    trainer.num_timesteps = int(state["num_timesteps"])
+    trainer._seeded = bool(state["seeded"])
+    trainer.last_metrics = dict(config.get("last_metrics") or {})

@@ -1,0 +1,476 @@
+"""Configuration dataclasses of the LLM trainer and their YAML/dict form.
+
+The defaults are the paper's recipe (Sequence-Level PPO, arXiv 2604.08865, LLM setup): LoRA policy, decoupled
+critic read at the last prompt token with a Bernoulli head, actor lr 1e-6, critic lr 5e-6 (1.5B critic; 1e-5
+for a 7B critic), temperature 0.6, clip 0.2 with dual clip 3.0, token-mean loss, no KL, grad clip 1.0, one
+epoch, one sample per prompt, 8192 response tokens. See ``docs/llm.md`` for the reference of every field.
+
+A YAML file maps onto :class:`RunConfig`; unknown keys are errors (a typo never silently does nothing)::
+
+    cfg = RunConfig.from_yaml("examples/llm/tiny_cpu.yml", overrides=["trainer.learning_rate=1e-3"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+__all__ = [
+    "CriticSpec",
+    "DataSpec",
+    "EvalSettings",
+    "GenerationSettings",
+    "LoraSettings",
+    "ModelSpec",
+    "RewardSpec",
+    "RunConfig",
+    "TrainSettings",
+    "TrainerConfig",
+    "from_dict",
+    "to_dict",
+]
+
+T = TypeVar("T")
+
+ESTIMATOR_SAMPLES = {"sppo": 1, "grpo": 8, "rloo": 5, "remax": 1, "none": 1, "gae": 1}
+"""Default samples per prompt of each estimator (the paper's comparison settings)."""
+
+
+@dataclass
+class LoraSettings:
+    """A peft LoRA adapter.
+
+    :param r: rank
+    :param alpha: ``lora_alpha`` (scaling ``alpha / r``)
+    :param dropout: ``lora_dropout``
+    :param target_modules: module names, or ``"all-linear"`` (every linear layer but the output head)
+    :param bias: ``"none"``, ``"all"`` or ``"lora_only"``
+    :param modules_to_save: extra modules trained in full and saved with the adapter (e.g. ``["lm_head"]``)
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    bias: str = "none"
+    modules_to_save: list[str] | None = None
+
+
+@dataclass
+class ModelSpec:
+    """Where a model comes from and how it is placed.
+
+    :param path: a local Hugging Face model folder (``config.json`` + weights); never a hub name (no download)
+    :param init: ``"pretrained"`` (load ``path``) or ``"random"`` (build from ``config``, seeded)
+    :param config: for ``init="random"``: ``{"model_type": "qwen2" | "llama" | ..., <config fields>}``;
+        ``vocab_size`` and special token ids come from the tokenizer
+    :param tokenizer: a tokenizer folder (default: ``path``), or ``{"train_on": "dataset", "vocab_size": 256,
+        "byte_level": false}`` to train one in-process on the training prompts and answers
+    :param dtype: ``"auto"`` (bfloat16 on a CUDA device that supports it, else float32), ``"bfloat16"``,
+        ``"float16"`` or ``"float32"``
+    :param device: ``"auto"`` (``"cuda"`` when available, else ``"cpu"``) or a torch device string
+    :param seed: weight seed for ``init="random"``
+    :param attn_implementation: passed to ``from_pretrained`` (``"sdpa"``, ``"flash_attention_2"``, ...)
+    :param gradient_checkpointing: recompute activations in the backward pass (saves memory)
+    :param lora: the LoRA adapter, or ``None`` to train every weight
+    """
+
+    path: str | None = None
+    init: str = "pretrained"
+    config: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | dict[str, Any] | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = field(default_factory=LoraSettings)
+
+
+def _critic_model_default() -> ModelSpec:
+    return ModelSpec(lora=None)
+
+
+@dataclass
+class CriticSpec:
+    """The value model ``V(prompt)``.
+
+    :param mode: ``"separate"`` (its own model and tokenizer; the paper), ``"shared"`` (a second LoRA adapter
+        plus a head on the policy's frozen base: almost no extra memory) or ``"none"`` (no critic; GRPO, RLOO,
+        ReMax)
+    :param model: the critic's model for ``mode="separate"`` (loaded without its LM head); ``lora=None`` (the
+        default) trains every weight as the paper does, a :class:`LoraSettings` trains an adapter
+    :param value_head: ``"bernoulli"`` (default; ``V = sigmoid(logit)``, BCE) or ``"gaussian"``
+    :param lora: the adapter of ``mode="shared"``
+    :param max_prompt_length: the critic's prompt limit in its own tokens (default: the policy's)
+    :param chat_template: how the critic renders the prompt messages with its own tokenizer (see
+        :func:`~sppo_rl.llm.data.render_messages`)
+    """
+
+    mode: str = "separate"
+    model: ModelSpec = field(default_factory=_critic_model_default)
+    value_head: str = "bernoulli"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    max_prompt_length: int | None = None
+    chat_template: bool | str = "auto"
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling of responses.
+
+    :param temperature: sampling temperature (log-probs are computed at the same temperature)
+    :param top_p: nucleus sampling (1.0: off)
+    :param top_k: top-k sampling (0: off)
+    :param max_new_tokens: response length limit; a response cut there is counted as truncated
+    :param suppress_eos: never sample an end-of-sequence token, so every response has ``max_new_tokens``
+        tokens (for benchmarking)
+    :param cache_implementation: passed to ``generate`` (e.g. ``"static"``), ``None`` for the default
+    :param batch_size: sequences generated per ``generate`` call (``None``: all at once)
+    """
+
+    temperature: float = 0.6
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 8192
+    suppress_eos: bool = False
+    cache_implementation: str | None = None
+    batch_size: int | None = None
+
+
+@dataclass
+class TrainerConfig:
+    """Hyperparameters of :class:`~sppo_rl.llm.trainer.SPPOTrainer` (the paper's values by default).
+
+    Batch sizes: ``prompts_per_step`` prompts are drawn per iteration, each sampled ``n_samples_per_prompt``
+    times; an epoch splits the responses into mini-batches of ``mini_batch_size`` *prompts* (times the samples
+    per prompt; one optimizer step each), and each mini-batch into forward passes of ``micro_batch_size``
+    *sequences* whose gradients are accumulated (weighted so that the result equals one big pass).
+
+    :param estimator: ``"sppo"``, ``"grpo"``, ``"rloo"``, ``"remax"``, ``"none"`` or ``"gae"`` (token-level PPO)
+    :param n_samples_per_prompt: ``None``: 1 for sppo/remax/none/gae, 8 for grpo, 5 for rloo
+    :param prompts_per_step: prompts per iteration (paper: 256 or 512)
+    :param mini_batch_size: prompts per policy optimizer step (paper: 128 or 32); ``None``: all
+    :param micro_batch_size: sequences per forward/backward pass
+    :param critic_mini_batch_size: prompts per critic step (``None``: ``mini_batch_size``)
+    :param critic_micro_batch_size: sequences per critic pass (``None``: ``micro_batch_size``)
+    :param n_epochs: passes over each batch for the policy
+    :param critic_epochs: passes for the critic (``None``: ``n_epochs``)
+    :param learning_rate: policy (actor) learning rate
+    :param critic_learning_rate: critic learning rate
+    :param weight_decay: AdamW weight decay of the policy
+    :param critic_weight_decay: AdamW weight decay of the critic
+    :param adam_betas: AdamW betas (both optimizers)
+    :param adam_eps: AdamW epsilon
+    :param max_grad_norm: policy gradient clipping (``None``: off)
+    :param critic_max_grad_norm: critic gradient clipping (``None``: off)
+    :param clip_range: PPO ``eps_low``
+    :param clip_range_high: PPO ``eps_high`` (``None``: ``clip_range``)
+    :param dual_clip: dual-clip constant for negative advantages (``None``: off)
+    :param log_ratio_clamp: clamp of the log-ratio before ``exp``
+    :param loss_agg_mode: ``"token-mean"``, ``"seq-mean-token-mean"`` or ``"seq-mean-token-sum"``
+    :param kl_coef: weight of the KL term to the reference (the base model, adapter disabled); 0: off
+    :param kl_estimator: ``"k1"`` or ``"k3"``
+    :param normalize_advantages: whiten sequence-level advantages over the batch (off in the reference)
+    :param gamma: discount of the ``"gae"`` estimator
+    :param gae_lambda: lambda of the ``"gae"`` estimator
+    :param whiten_gae: whiten GAE advantages over the batch (verl's token-level PPO)
+    :param grpo_eps: epsilon added to the group std
+    :param grpo_normalize_by_std: divide by the group std (``False``: Dr. GRPO)
+    :param generation: :class:`GenerationSettings`
+    :param max_prompt_length: prompt limit in policy tokens
+    :param prompt_truncation: ``"error"`` (a longer prompt raises) or ``"left"`` (keep its last tokens; counted
+        in ``rollout/prompts_truncated``)
+    :param chat_template: how the policy renders prompts (``"auto"``: its chat template when it has one)
+    :param logprob_chunk_size: response positions per log-softmax chunk (bounds the ``positions x vocab``
+        logits in memory; chunks are recomputed in the backward pass)
+    :param seed: seed of sampling, shuffling and prompt order
+    :param shuffle: reshuffle the prompts every epoch
+    """
+
+    estimator: str = "sppo"
+    n_samples_per_prompt: int | None = None
+    prompts_per_step: int = 256
+    mini_batch_size: int | None = 128
+    micro_batch_size: int = 4
+    critic_mini_batch_size: int | None = None
+    critic_micro_batch_size: int | None = None
+    n_epochs: int = 1
+    critic_epochs: int | None = None
+    learning_rate: float = 1e-6
+    critic_learning_rate: float = 5e-6
+    weight_decay: float = 0.0
+    critic_weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    critic_max_grad_norm: float | None = 1.0
+    clip_range: float = 0.2
+    clip_range_high: float | None = None
+    dual_clip: float | None = 3.0
+    log_ratio_clamp: float | None = 20.0
+    loss_agg_mode: str = "token-mean"
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    normalize_advantages: bool = False
+    gamma: float = 1.0
+    gae_lambda: float = 1.0
+    whiten_gae: bool = True
+    grpo_eps: float = 1e-6
+    grpo_normalize_by_std: bool = True
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    max_prompt_length: int = 1024
+    prompt_truncation: str = "error"
+    chat_template: bool | str = "auto"
+    logprob_chunk_size: int = 1024
+    seed: int = 0
+    shuffle: bool = True
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """``n_samples_per_prompt``, or the estimator's default."""
+        if self.n_samples_per_prompt is not None:
+            return self.n_samples_per_prompt
+        return ESTIMATOR_SAMPLES.get(self.estimator, 1)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on inconsistent settings."""
+        from sppo_rl.objectives import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES
+
+        if self.estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"Unknown estimator {self.estimator!r}; choose one of {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.loss_agg_mode not in LOSS_AGG_MODES:
+            raise ValueError(f"Unknown loss_agg_mode {self.loss_agg_mode!r}; choose one of {LOSS_AGG_MODES}")
+        if self.prompt_truncation not in ("error", "left"):
+            raise ValueError(f"prompt_truncation must be 'error' or 'left', got {self.prompt_truncation!r}")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
+        for name in ("prompts_per_step", "micro_batch_size", "n_epochs", "max_prompt_length", "logprob_chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"n_samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        if self.estimator in ("grpo", "rloo") and self.samples_per_prompt < 2:
+            raise ValueError(f"The {self.estimator!r} estimator needs n_samples_per_prompt >= 2 to form groups")
+        if self.generation.max_new_tokens < 1:
+            raise ValueError("generation.max_new_tokens must be >= 1")
+        if self.generation.temperature <= 0:
+            raise ValueError("generation.temperature must be > 0 (greedy decoding is only used for ReMax's baseline)")
+
+
+@dataclass
+class DataSpec:
+    """A prompt dataset (see :func:`~sppo_rl.llm.data.load_rows`).
+
+    :param source: a local ``.jsonl``/``.json``/``.parquet``/``.csv`` path, ``"reasoning_gym:<task>"``,
+        ``"toy:copy_digit"``, or a dict ``{"reasoning_gym": ..., "size": ..., "seed": ...}``
+    :param template: prompt template with ``{column}`` placeholders (``None``: the prompt column as it is)
+    :param system: optional system message
+    :param prompt_column: column with the question (or chat messages)
+    :param answer_column: column with the reference answer
+    :param size: number of rows for generated sources
+    :param seed: seed for generated sources
+    :param max_rows: keep only the first rows (``None``: all)
+    """
+
+    source: Any = None
+    template: str | None = None
+    system: str | None = None
+    prompt_column: str = "question"
+    answer_column: str = "answer"
+    size: int | None = None
+    seed: int | None = None
+    max_rows: int | None = None
+
+
+@dataclass
+class RewardSpec:
+    """The verifier.
+
+    :param name: ``"boxed_math"``, ``"exact_match"``, ``"reasoning_gym"`` or ``"package.module:function"``
+    :param options: constructor arguments (e.g. ``{"mode": "prefix"}`` for exact match)
+    :param timeout_s: seconds per verifier call; a timeout scores 0 and is counted
+    """
+
+    name: str = "boxed_math"
+    options: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = 10.0
+
+
+@dataclass
+class EvalSettings:
+    """Held-out evaluation (accuracy avg@k).
+
+    :param k: samples per prompt
+    :param temperature: sampling temperature (``None``: the training temperature)
+    :param max_new_tokens: ``None``: the training limit
+    :param max_prompts: evaluate on the first prompts only (``None``: all)
+    :param batch_size: prompts per generation batch
+    :param seed: evaluation sampling seed (evaluation never disturbs the training random state)
+    """
+
+    k: int = 4
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+    max_prompts: int | None = None
+    batch_size: int = 64
+    seed: int = 1234
+
+
+@dataclass
+class TrainSettings:
+    """The training run (``sppo-llm train``).
+
+    :param n_iterations: iterations (prompt batches) to run in total (counting those of a resumed checkpoint)
+    :param total_steps: alternatively, responses to sample in total (``n_iterations`` wins when both are set)
+    :param log_interval: dump the logs every this many iterations
+    :param save_interval: save a checkpoint every this many iterations (``None``: only at the end)
+    :param eval_interval: evaluate every this many iterations (``None``: only at the end, if there is
+        ``eval_data``)
+    :param logger: SB3 logger formats: ``"stdout"``, ``"csv"``, ``"tensorboard"``, ``"json"``, ``"log"``
+    :param progress_bar: show a progress bar
+    """
+
+    n_iterations: int | None = None
+    total_steps: int | None = None
+    log_interval: int = 1
+    save_interval: int | None = None
+    eval_interval: int | None = None
+    logger: list[str] = field(default_factory=lambda: ["stdout", "csv"])
+    progress_bar: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything ``sppo-llm train|eval`` needs; the YAML file's top level.
+
+    :param policy: the policy model and its LoRA adapter
+    :param critic: the value model
+    :param data: the training prompts
+    :param eval_data: held-out prompts (optional)
+    :param reward: the verifier
+    :param trainer: algorithm hyperparameters
+    :param train: run length, logging and checkpoints
+    :param eval: evaluation settings
+    :param output_dir: where logs and checkpoints go
+    :param seed: overrides ``trainer.seed`` when set
+    """
+
+    policy: ModelSpec = field(default_factory=ModelSpec)
+    critic: CriticSpec = field(default_factory=CriticSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    eval_data: DataSpec | None = None
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    output_dir: str = "runs/sppo-llm"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.seed is not None:
+            self.trainer.seed = self.seed
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build from a nested dict (unknown keys raise ``ValueError``)."""
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_yaml(cls, path: str, overrides: Sequence[str] = ()) -> RunConfig:
+        """Read a YAML file, apply ``key.sub=value`` overrides (values parsed as YAML), build the config.
+
+        :param path: the YAML file
+        :param overrides: e.g. ``["trainer.learning_rate=1e-5", "train.n_iterations=10"]``
+        """
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the top level of the config must be a mapping")
+        apply_overrides(data, overrides)
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-serialisable nested dict."""
+        return to_dict(self)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Apply ``a.b.c=value`` overrides to a nested dict in place (values parsed as YAML scalars/lists)."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ValueError(f"Override {item!r}: {part!r} is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        if len(args) == 1:
+            return args[0], optional
+        return tp, optional
+    return tp, False
+
+
+def from_dict(cls: type[T], data: Any) -> T:
+    """Build dataclass ``cls`` from a nested mapping, recursing into dataclass-typed fields.
+
+    :raises ValueError: unknown keys, naming the valid ones
+    """
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__} expects a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} keys {sorted(unknown)}; valid keys: {sorted(names)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        tp, optional = _strip_optional(hints[key])
+        if value is None and optional:
+            kwargs[key] = None
+        elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            kwargs[key] = from_dict(tp, value)
+        elif typing.get_origin(tp) is tuple and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclasses (nested) to plain dicts/lists, JSON-serialisable."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return json.loads(json.dumps(obj, default=str))

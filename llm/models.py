@@ -1,0 +1,288 @@
+"""The policy: any Hugging Face causal LM (local folder or in-memory) with a peft LoRA adapter.
+
+The reference policy of the optional KL term is the *same* model with its adapter disabled
+(``with policy.reference(): ...`` wraps peft's ``disable_adapter()``): no second copy of the weights.
+
+Tokenizers without a pad token: the end-of-sequence token is used as the pad token, with a warning (responses
+end at the first end-of-sequence token and prompts carry an attention mask, so nothing depends on the pad id
+being distinct). A tokenizer with neither raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import LoraSettings, ModelSpec
+
+__all__ = [
+    "PolicyModel",
+    "decoder_and_head",
+    "ensure_pad_token",
+    "load_policy",
+    "load_tokenizer",
+    "make_lora_config",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "float32": torch.float32, "fp32": torch.float32}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``"auto"`` -> bfloat16 on a CUDA device that supports it, float32 otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        dev = device or resolve_device("auto")
+        if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose 'auto' or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def ensure_pad_token(tokenizer: Any, role: str = "policy") -> Any:
+    """Give ``tokenizer`` a pad token if it has none: its end-of-sequence token, with a warning.
+
+    :param tokenizer: a Hugging Face tokenizer (modified in place)
+    :param role: ``"policy"`` or ``"critic"``, for the messages
+    :return: the tokenizer
+    :raises ValueError: if it has neither a pad nor an end-of-sequence token
+    """
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"The {role} tokenizer has neither a pad token nor an end-of-sequence token; set "
+                "tokenizer.pad_token (and tokenizer.eos_token) before training"
+            )
+        warnings.warn(
+            f"The {role} tokenizer has no pad token; using its end-of-sequence token {tokenizer.eos_token!r} "
+            "as the pad token",
+            UserWarning,
+        )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(spec: Any, model_path: str | None = None, texts: Iterable[str] | None = None) -> Any:
+    """A tokenizer from a folder or trained in-process.
+
+    :param spec: a folder path, ``None`` (use ``model_path``), a tokenizer object, or a dict
+        ``{"train_on": "dataset", "vocab_size": 256, "byte_level": false}`` (trained on ``texts``)
+    :param model_path: the model folder, for ``spec=None``
+    :param texts: training texts for an in-process tokenizer
+    :return: the tokenizer
+    """
+    if spec is not None and not isinstance(spec, (str, dict)):
+        return spec
+    if isinstance(spec, dict):
+        from .tiny import train_tokenizer
+
+        options = dict(spec)
+        source = options.pop("train_on", "dataset")
+        if source != "dataset":
+            raise ValueError(f"tokenizer.train_on must be 'dataset', got {source!r}")
+        if texts is None:
+            raise ValueError("An in-process tokenizer needs training texts (the dataset)")
+        return train_tokenizer(texts, **options)
+    path = spec or model_path
+    if path is None:
+        raise ValueError("No tokenizer: give a tokenizer folder, a model path, or a training spec")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def make_lora_config(lora: LoraSettings, task_type: str | None = "CAUSAL_LM") -> Any:
+    """A ``peft.LoraConfig`` from :class:`~sppo_rl.llm.config.LoraSettings`."""
+    from peft import LoraConfig
+
+    target = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target if isinstance(target, str) else list(target),
+        bias=lora.bias,
+        modules_to_save=lora.modules_to_save,
+        task_type=task_type,
+    )
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module | None, float | None]:
+    """The transformer trunk, the output head and the final-logit soft-cap of a causal LM (peft-wrapped or not).
+
+    :param model: a ``PreTrainedModel`` (with or without LM head) or a ``PeftModel``
+    :return: ``(decoder, lm_head or None, softcap or None)``; ``decoder(input_ids, attention_mask,
+        position_ids)`` returns ``last_hidden_state`` ``(B, L, H)``
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(base, "base_model_prefix", "model")
+    decoder = getattr(base, prefix, None)
+    if decoder is None or decoder is base:
+        decoder = base.get_decoder() if hasattr(base, "get_decoder") and base.get_decoder() is not None else base
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    return decoder, head, softcap
+
+
+@dataclass
+class PolicyModel:
+    """A causal LM with a LoRA adapter, its tokenizer and how to reach its parts.
+
+    :param model: a ``peft.PeftModel`` (or a plain model when trained without LoRA)
+    :param tokenizer: its tokenizer (with a pad token)
+    :param adapter_name: the policy's adapter (``"default"``)
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    adapter_name: str = "default"
+
+    @property
+    def has_lora(self) -> bool:
+        """Whether the model carries a peft adapter."""
+        return hasattr(self.model, "peft_config")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        decoder, _, _ = decoder_and_head(self.model)
+        return next(decoder.parameters()).dtype
+
+    @property
+    def parts(self) -> tuple[nn.Module, nn.Module, float | None]:
+        """``(decoder, lm_head, softcap)``, see :func:`decoder_and_head`."""
+        decoder, head, softcap = decoder_and_head(self.model)
+        if head is None:
+            raise ValueError("The policy has no output head (load it with AutoModelForCausalLM)")
+        return decoder, head, softcap
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every token id that ends a response: the generation config's and the tokenizer's end tokens."""
+        ids: list[int] = []
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        for value in [eos, self.tokenizer.eos_token_id]:
+            if value is None:
+                continue
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if int(v) not in ids:
+                    ids.append(int(v))
+        if not ids:
+            raise ValueError("The policy has no end-of-sequence token (tokenizer.eos_token_id is None)")
+        return ids
+
+    def use_policy_adapter(self) -> None:
+        """Make the policy's adapter the active one (after a shared critic used its own)."""
+        if self.has_lora and self.model.active_adapter != self.adapter_name:
+            self.model.set_adapter(self.adapter_name)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[nn.Module]:
+        """Context in which the model is the reference policy: every adapter disabled (the base weights).
+
+        :raises ValueError: the policy has no adapter (there would be no separate reference)
+        """
+        if not self.has_lora:
+            raise ValueError(
+                "The KL term's reference policy is the base model with the LoRA adapter disabled; this policy "
+                "has no adapter (set policy.lora, or kl_coef=0)"
+            )
+        with self.model.disable_adapter():
+            yield self.model
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the policy's adapter (or every parameter when there is no adapter)."""
+        if not self.has_lora:
+            return [p for p in self.model.parameters() if p.requires_grad]
+        tag = f".{self.adapter_name}."
+        return [p for n, p in self.model.named_parameters() if tag in n or n.endswith(f".{self.adapter_name}")]
+
+
+def _materialise_random(spec: ModelSpec, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
+    from .tiny import build_random_model
+
+    if not spec.config:
+        raise ValueError("init='random' needs a model config, e.g. {model_type: qwen2, hidden_size: 64, ...}")
+    return build_random_model(dict(spec.config), seed=spec.seed, causal_lm=True, dtype=dtype, tokenizer=tokenizer)
+
+
+def load_policy(
+    spec: ModelSpec | str | nn.Module,
+    tokenizer: Any = None,
+    lora: LoraSettings | str | None = "spec",
+    texts: Iterable[str] | None = None,
+) -> PolicyModel:
+    """Load (or wrap) the policy and attach its LoRA adapter.
+
+    :param spec: a :class:`~sppo_rl.llm.config.ModelSpec`, a local model folder, an in-memory
+        ``PreTrainedModel``, or a ``PeftModel`` (used as it is)
+    :param tokenizer: a tokenizer object (default: from the spec / folder)
+    :param lora: the adapter; ``"spec"`` takes ``spec.lora`` (default :class:`LoraSettings` for a path or model),
+        ``None`` trains every weight
+    :param texts: tokenizer training texts (for an in-process tokenizer spec)
+    :return: a :class:`PolicyModel` in eval mode (no dropout), on its device
+    """
+    if isinstance(spec, str):
+        spec = ModelSpec(path=spec)
+    if isinstance(spec, ModelSpec):
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        tok = load_tokenizer(tokenizer if tokenizer is not None else spec.tokenizer, spec.path, texts)
+        ensure_pad_token(tok, "policy")
+        if spec.init == "random":
+            model = _materialise_random(spec, tok, dtype)
+        elif spec.init == "pretrained":
+            if spec.path is None:
+                raise ValueError("policy.path is required for init='pretrained' (a local model folder)")
+            from transformers import AutoModelForCausalLM
+
+            kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+            if spec.attn_implementation:
+                kwargs["attn_implementation"] = spec.attn_implementation
+            model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+        else:
+            raise ValueError(f"init must be 'pretrained' or 'random', got {spec.init!r}")
+        model = model.to(device)
+        lora_settings = spec.lora if lora == "spec" else lora
+        checkpointing = spec.gradient_checkpointing
+    else:
+        model = spec
+        if tokenizer is None:
+            raise ValueError("An in-memory policy model needs its tokenizer")
+        tok = ensure_pad_token(tokenizer, "policy")
+        lora_settings = LoraSettings() if lora == "spec" else lora
+        checkpointing = False
+    if not hasattr(model, "peft_config") and lora_settings is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, make_lora_config(lora_settings))  # type: ignore[arg-type]
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return PolicyModel(model=model, tokenizer=tok)
