@@ -36,6 +36,11 @@ OUTCOME_KEY = "outcome"
 END_REASON_KEY = "end_reason"
 
 
+#: Keys this wrapper sets on the last step only; the wrapped env's own values of them are dropped from the
+#: returned ``info`` (they stay visible to the success rule in :attr:`FinalStep.info`).
+_LAST_STEP_KEYS = frozenset({IS_SUCCESS_KEY, OUTCOME_KEY, END_REASON_KEY})
+
+
 @dataclasses.dataclass(frozen=True)
 class FinalStep(Generic[ObsType]):
     """Everything a success rule may look at: the last transition of an episode.
@@ -43,10 +48,10 @@ class FinalStep(Generic[ObsType]):
     :param observation: the observation returned by the last step.
     :param reward: the wrapped env's own reward of the last step.
     :param terminated: ``True`` when the wrapped env terminated on this step (a fallen pole, a crash, a
-        car at the flag); ``False`` when the episode ends because the horizon was reached.
+        car at the flag); ``False`` when the episode ends at the horizon or by a truncation.
     :param truncated: ``True`` when the wrapped env itself truncated the episode on this step, before the
         horizon.
-    :param info: the wrapped env's ``info`` dict of the last step.
+    :param info: the wrapped env's own ``info`` dict of the last step (as it returned it).
     :param elapsed_steps: the number of steps of the episode, the last one included.
     :param horizon: the horizon ``H`` of the task.
     :param env: the wrapped environment; use ``env.unwrapped`` to read state that is not in the observation
@@ -106,7 +111,7 @@ def _inner_time_limit(env: gymnasium.Env[Any, Any]) -> int | None:
     current: gymnasium.Env[Any, Any] = env
     while isinstance(current, gymnasium.Wrapper):
         if isinstance(current, gymnasium.wrappers.TimeLimit):
-            limits.append(current._max_episode_steps)
+            limits.append(current._max_episode_steps)  # gymnasium keeps the limit only in this attribute
         current = current.env
     return min(limits, default=None)
 
@@ -135,7 +140,10 @@ class OutcomeWrapper(
     On the last step ``info["is_success"]`` (a ``bool``), ``info["outcome"]`` (``1.0``/``0.0``) and
     ``info["end_reason"]`` (``"horizon"``, ``"terminated"`` or ``"truncated"``) are set, so SB3's ``Monitor``,
     ``EvalCallback`` and ``rollout/success_rate`` report the success rate. Every step carries the wrapped
-    env's reward in ``info["dense_reward"]``. Stepping after the episode ended, without ``reset()``, raises.
+    env's reward in ``info["dense_reward"]``; the wrapped env's own ``is_success``, ``outcome`` and
+    ``end_reason`` keys, if any, are dropped (the rule still sees them in ``FinalStep.info``), so
+    ``is_success`` appears on the last step only. Stepping after the episode ended, without ``reset()``,
+    raises.
 
     :param env: the env to wrap; it must not contain a ``TimeLimit`` shorter than ``horizon``.
     :param horizon: the number of steps ``H`` of an episode that is not ended early; an integer >= 1.
@@ -220,10 +228,10 @@ class OutcomeWrapper(
         """
         if self._episode_over:
             raise RuntimeError("the episode has ended (or reset() was never called): call reset() before step()")
-        observation, reward, terminated, truncated, info = self.env.step(action)
+        observation, reward, terminated, truncated, inner_info = self.env.step(action)
         self._elapsed_steps += 1
         base_reward = float(reward)
-        info = dict(info)
+        info = {key: value for key, value in inner_info.items() if key not in _LAST_STEP_KEYS}
         info[DENSE_REWARD_KEY] = base_reward
 
         terminated = bool(terminated)
@@ -238,7 +246,7 @@ class OutcomeWrapper(
                 reward=base_reward,
                 terminated=terminated,
                 truncated=inner_truncated and not terminated,
-                info=info,
+                info=inner_info,
                 elapsed_steps=self._elapsed_steps,
                 horizon=self.horizon,
                 env=self.env,

@@ -30,12 +30,16 @@ class CountingEnv(gymnasium.Env[np.ndarray, int]):
 
     :param terminate_at: the step on which the env terminates, or ``None``.
     :param truncate_at: the step on which the env truncates, or ``None``.
+    :param report_success: put ``is_success=True`` in every step's info (as some goal-based envs do).
     """
 
     observation_space = spaces.Box(0.0, 1e6, shape=(1,), dtype=np.float32)
     action_space = spaces.Discrete(2)
 
-    def __init__(self, terminate_at: int | None = None, truncate_at: int | None = None) -> None:
+    def __init__(
+        self, terminate_at: int | None = None, truncate_at: int | None = None, report_success: bool = False
+    ) -> None:
+        self.report_success = report_success
         self.terminate_at = terminate_at
         self.truncate_at = truncate_at
         self.count = 0
@@ -49,7 +53,10 @@ class CountingEnv(gymnasium.Env[np.ndarray, int]):
         self.count += 1
         terminated = self.terminate_at is not None and self.count >= self.terminate_at
         truncated = self.truncate_at is not None and self.count >= self.truncate_at
-        return np.array([self.count], dtype=np.float32), 10.0, terminated, truncated, {"count": self.count}
+        info: dict[str, Any] = {"count": self.count}
+        if self.report_success:
+            info["is_success"] = True
+        return np.array([self.count], dtype=np.float32), 10.0, terminated, truncated, info
 
 
 class RecordingRule:
@@ -154,6 +161,15 @@ def test_the_dense_wrapper_keeps_the_reward_and_reports_the_outcome() -> None:
     assert rewards == [10.0, 10.0, 10.0]
     assert truncated and infos[-1]["is_success"] is True
     assert "is_success" not in infos[0]
+
+
+def test_the_wrapped_envs_own_is_success_is_replaced_by_the_verdict() -> None:
+    rule = RecordingRule(False)
+    env = SparseOutcomeWrapper(CountingEnv(report_success=True), horizon=3, success_rule=rule)
+    rewards, infos, _, _ = rollout(env)
+    assert all("is_success" not in info for info in infos[:-1])
+    assert infos[-1]["is_success"] is False and rewards[-1] == 0.0
+    assert rule.calls[0].info["is_success"] is True  # the rule sees the wrapped env's own info
 
 
 def test_numpy_verdicts_become_python_bools() -> None:
