@@ -86,7 +86,10 @@ def save_checkpoint(trainer: SPPOTrainer, path: str) -> str:
     os.makedirs(path, exist_ok=True)
     policy = trainer.policy
     if policy.has_lora:
-        policy.model.save_pretrained(os.path.join(path, "policy_adapter"), selected_adapters=[policy.adapter_name])
+        # the base weights are never changed by LoRA, so an adapted output head need not be copied
+        policy.model.save_pretrained(
+            os.path.join(path, "policy_adapter"), selected_adapters=[policy.adapter_name], save_embedding_layers=False
+        )
     else:
         save_file(_policy_state(trainer), os.path.join(path, "policy.safetensors"))
     if trainer.critic is not None:

@@ -245,6 +245,7 @@ def load_critic(
     prompt_truncation: str = "error",
     tokenizer: Any = None,
     texts: Iterable[str] | None = None,
+    chat_template: bool | str = "auto",
 ) -> LMCritic | None:
     """Build the critic.
 
@@ -255,6 +256,8 @@ def load_critic(
     :param prompt_truncation: ``"error"`` or ``"left"``
     :param tokenizer: the tokenizer of an in-memory critic model
     :param texts: training texts for an in-process tokenizer spec
+    :param chat_template: the policy's prompt rendering; a shared critic with ``chat_template="auto"`` reads the
+        prompt exactly as the policy does (same model, same tokenizer)
     :return: the critic, or ``None``
     """
     if spec is None or isinstance(spec, LMCritic):
@@ -273,7 +276,8 @@ def load_critic(
     if spec.mode == "none":
         return None
     if spec.mode == "shared":
-        return make_shared_critic(policy, spec.value_head, spec.lora, limit, prompt_truncation, spec.chat_template)
+        shared_template = chat_template if spec.chat_template == "auto" else spec.chat_template
+        return make_shared_critic(policy, spec.value_head, spec.lora, limit, prompt_truncation, shared_template)
     if spec.mode != "separate":
         raise ValueError(f"critic.mode must be 'separate', 'shared' or 'none', got {spec.mode!r}")
     m = spec.model

@@ -216,6 +216,8 @@ def load_rows(source: Any, split: str = "train", **options: Any) -> list[Row]:
             ext = os.path.splitext(path)[1].lower()
             if ext not in _FILE_FORMATS:
                 raise ValueError(f"Unsupported dataset file {path!r}; use one of {', '.join(_FILE_FORMATS)}")
+            if os.path.getsize(path) == 0:
+                raise EmptyDatasetError(f"The dataset file {path!r} is empty")
             loaded = datasets.load_dataset(_FILE_FORMATS[ext], data_files=path, split="train")
         rows = [dict(r) for r in loaded]
     elif isinstance(source, Iterable) and not isinstance(source, (str, bytes, Mapping)):

@@ -333,7 +333,10 @@ class FunctionReward(Verifier):
         value = out[0]
         if value is None:
             return VerifierResult(0.0, None, False, "none")
-        reward = float(value)
+        try:
+            reward = float(value)
+        except (TypeError, ValueError):
+            return VerifierResult(math.nan, None, False, "invalid")
         return VerifierResult(reward, None, reward >= self.success_threshold)
 
 

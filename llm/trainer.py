@@ -85,7 +85,8 @@ class RolloutBatch:
     :param greedy_outcomes: ``(B,)`` rewards of the greedy samples (``remax``)
     :param scored: the verifier output
     :param entropy: ``(B, T)`` entropy of the policy at each response position
-    :param prompts_truncated: prompts cut on the left to fit the limits (policy and critic)
+    :param prompts_truncated: prompts cut on the left to fit the policy's limit
+    :param critic_prompts_truncated: prompts cut on the left to fit the critic's limit
     """
 
     rollout: Rollout
@@ -103,6 +104,7 @@ class RolloutBatch:
     scored: ScoredBatch
     entropy: Tensor | None = None
     prompts_truncated: int = 0
+    critic_prompts_truncated: int = 0
 
     @property
     def size(self) -> int:
@@ -180,11 +182,13 @@ class SPPOTrainer:
         else:
             self.rewards = RewardRunner(reward, timeout_s=reward_timeout_s)
 
-        # models
+        # models (seeded: a LoRA adapter's initial weights come from the global random state)
+        _seed_global(cfg.seed)
         texts = list(self._tokenizer_texts())
         self.policy = policy if isinstance(policy, PolicyModel) else load_policy(policy, tokenizer, texts=texts)
         self.critic: LMCritic | None = load_critic(
-            critic, self.policy, cfg.max_prompt_length, cfg.prompt_truncation, critic_tokenizer, texts
+            critic, self.policy, cfg.max_prompt_length, cfg.prompt_truncation, critic_tokenizer, texts,
+            cfg.chat_template,
         )
         self._check_components()
 
@@ -321,12 +325,10 @@ class SPPOTrainer:
         return logp, entropy
 
     def _seed_everything(self) -> None:
+        """Seed Python, NumPy and torch once, at the first iteration (a resumed run restores them instead)."""
         if self._seeded:
             return
-        seed = self.config.seed
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        _seed_global(self.config.seed)
         self._seeded = True
 
     # ------------------------------------------------------------------------------------------------------
@@ -397,7 +399,8 @@ class SPPOTrainer:
             rollout=rollout, rows=rows, group_ids=group_ids, outcomes=outcomes, success=success, old_logp=old_logp,
             ref_logp=ref_logp, advantages=advantages, critic_inputs=critic_inputs, values=values, returns=returns,
             greedy_outcomes=greedy_outcomes, scored=scored, entropy=entropy,
-            prompts_truncated=prompts.n_truncated + (critic_inputs.n_truncated if critic_inputs is not None else 0),
+            prompts_truncated=prompts.n_truncated,
+            critic_prompts_truncated=critic_inputs.n_truncated if critic_inputs is not None else 0,
         )
 
     def _sequence_advantages(
@@ -610,6 +613,7 @@ class SPPOTrainer:
             "rollout/truncation_rate": float(r.truncated.float().mean()),
             "rollout/prompt_length_mean": float(r.prompt_mask.sum(-1).float().mean()),
             "rollout/prompts_truncated": float(batch.prompts_truncated),
+            "rollout/critic_prompts_truncated": float(batch.critic_prompts_truncated),
             "rollout/verifier_failures": float(st.failures),
             "rollout/verifier_errors": float(st.errors),
             "rollout/verifier_timeouts": float(st.timeouts),
@@ -787,6 +791,12 @@ class SPPOTrainer:
     def config_dict(self) -> dict[str, Any]:
         """The trainer configuration as a plain dict."""
         return to_dict(self.config)
+
+
+def _seed_global(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _trim_left(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
