@@ -34,12 +34,16 @@ from .data import Message, has_chat_template, render_messages
 from .generation import EncodedPrompts, encode_prompts, position_ids_from_mask
 from .models import (
     PolicyModel,
+    autocast_context,
     decoder_and_head,
+    disable_attention_dropout,
+    enable_activation_checkpointing,
     ensure_pad_token,
     load_tokenizer,
     make_lora_config,
     resolve_device,
     resolve_dtype,
+    weight_and_compute_dtype,
 )
 
 __all__ = ["CRITIC_ADAPTER", "LMCritic", "load_critic", "make_shared_critic", "same_vocabulary"]
@@ -70,6 +74,7 @@ class LMCritic(nn.Module):
     :param chat_template: how prompt messages are rendered with the critic's tokenizer
     :param adapter_name: for a shared critic, the peft adapter to activate while the critic runs
     :param policy: for a shared critic, the policy whose adapter is restored afterwards
+    :param autocast_dtype: compute dtype when the trunk's float32 weights are all trained (mixed precision)
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class LMCritic(nn.Module):
         chat_template: bool | str = "auto",
         adapter_name: str | None = None,
         policy: PolicyModel | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -91,11 +97,14 @@ class LMCritic(nn.Module):
         self.chat_template = chat_template
         self.adapter_name = adapter_name
         self._policy = policy
+        self.autocast_dtype = autocast_dtype if autocast_dtype is not None else (
+            policy.autocast_dtype if policy is not None else None
+        )
         decoder, _, _ = decoder_and_head(backbone)
         self._decoder = decoder
         hidden = int(getattr(decoder.config, "hidden_size", 0) or backbone.config.hidden_size)
         device = next(backbone.parameters()).device
-        self.head: ValueHead = make_value_head(value_head, hidden).to(device=device, dtype=torch.float32)
+        self.head: ValueHead = make_value_head(value_head, hidden).to(device=device)
 
     @property
     def shared(self) -> bool:
@@ -143,8 +152,11 @@ class LMCritic(nn.Module):
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``(B, L, H)`` last hidden states of the trunk (positions skip left padding)."""
-        out = self._decoder(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        device = next(self._decoder.parameters()).device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        with autocast_context(device, self.autocast_dtype):
+            out = self._decoder(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
         return out.last_hidden_state
 
     def prompt_outputs(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -159,8 +171,8 @@ class LMCritic(nn.Module):
         hidden = self.hidden_states(input_ids, attention_mask)
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (attention_mask.long() * positions).argmax(-1)
-        features = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.head(features.float())
+        features = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+        return self.head(features.float().to(self.device))
 
     def token_outputs(self, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, n_response: int) -> Tensor:
         """Raw head outputs for the state before each response token (the ``"gae"`` critic).
@@ -172,7 +184,7 @@ class LMCritic(nn.Module):
         :return: ``(B, T)`` float32
         """
         hidden = self.hidden_states(input_ids, attention_mask)
-        return self.head(hidden[:, n_prompt - 1 : n_prompt - 1 + n_response].float())
+        return self.head(hidden[:, n_prompt - 1 : n_prompt - 1 + n_response].float().to(self.device))
 
     def baseline(self, output: Tensor) -> Tensor:
         """``V`` from raw outputs (``sigmoid`` for the Bernoulli head), any shape."""
@@ -282,7 +294,7 @@ def load_critic(
         raise ValueError(f"critic.mode must be 'separate', 'shared' or 'none', got {spec.mode!r}")
     m = spec.model
     device = resolve_device(m.device)
-    dtype = resolve_dtype(m.dtype, device)
+    dtype, autocast_dtype = weight_and_compute_dtype(resolve_dtype(m.dtype, device), m.lora is None)
     tok = load_tokenizer(tokenizer if tokenizer is not None else m.tokenizer, m.path, texts)
     ensure_pad_token(tok, "critic")
     if m.init == "random":
@@ -310,5 +322,7 @@ def load_critic(
     else:
         backbone.requires_grad_(True)
     if m.gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return LMCritic(backbone.eval(), tok, spec.value_head, limit, prompt_truncation, spec.chat_template)
+        enable_activation_checkpointing(backbone)
+    disable_attention_dropout(backbone)
+    return LMCritic(backbone.eval(), tok, spec.value_head, limit, prompt_truncation, spec.chat_template,
+                    autocast_dtype=autocast_dtype)

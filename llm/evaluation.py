@@ -74,8 +74,9 @@ def evaluate_policy(
             texts = [render_messages(dataset.messages(i), policy.tokenizer, chat_template) for i in idx]
             enc = encode_prompts(policy.tokenizer, texts, max_prompt_length, prompt_truncation,
                                  add_special_tokens=not use_chat, device=device)
-            rollout = generate_rollout(policy.model, policy.tokenizer, enc.repeat_interleave(k), gen,
-                                       policy.eos_token_ids)
+            with policy.autocast():
+                rollout = generate_rollout(policy.model, policy.tokenizer, enc.repeat_interleave(k), gen,
+                                           policy.eos_token_ids)
             rows = [dataset[i] for i in idx for _ in range(k)]
             scored = rewards.score([t for t in texts for _ in range(k)], rollout.texts, rows)
             success = torch.tensor(scored.success, dtype=torch.float32).view(len(idx), k)

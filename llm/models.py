@@ -23,13 +23,18 @@ from .config import LoraSettings, ModelSpec
 
 __all__ = [
     "PolicyModel",
+    "autocast_context",
     "decoder_and_head",
+    "disable_attention_dropout",
+    "enable_activation_checkpointing",
     "ensure_pad_token",
     "load_policy",
     "load_tokenizer",
     "make_lora_config",
     "resolve_device",
     "resolve_dtype",
+    "train_mode",
+    "weight_and_compute_dtype",
 ]
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -127,6 +132,63 @@ def make_lora_config(lora: LoraSettings, task_type: str | None = "CAUSAL_LM") ->
     )
 
 
+def weight_and_compute_dtype(dtype: torch.dtype, trains_all_weights: bool) -> tuple[torch.dtype, torch.dtype | None]:
+    """Mixed precision: weights that an optimizer updates stay in float32, compute runs in ``dtype``.
+
+    A frozen base (LoRA) is stored in ``dtype`` itself; peft keeps the adapter in float32.
+
+    :param dtype: the requested (compute) dtype
+    :param trains_all_weights: the model is trained without an adapter
+    :return: ``(weight dtype, autocast dtype or None)``
+    """
+    if trains_all_weights and dtype in (torch.bfloat16, torch.float16):
+        return torch.float32, dtype
+    return dtype, None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op for ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def train_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Training mode for a gradient pass (so activation checkpointing is active) with every dropout off.
+
+    ``transformers`` only checkpoints layers in training mode; RL fine-tuning wants no dropout (the ratio
+    ``pi / pi_old`` must be 1 before the first update). Restores eval mode afterwards.
+    """
+    module.train()
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    try:
+        yield module
+    finally:
+        module.eval()
+
+
+def disable_attention_dropout(model: nn.Module) -> None:
+    """Set the functional attention dropout of every attention module to 0 (RL fine-tuning uses no dropout)."""
+    for m in model.modules():
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (non-reentrant), with the API of any transformers version.
+
+    :param model: a ``PreTrainedModel`` or a ``PeftModel`` around one
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module | None, float | None]:
     """The transformer trunk, the output head and the final-logit soft-cap of a causal LM (peft-wrapped or not).
 
@@ -151,11 +213,17 @@ class PolicyModel:
     :param model: a ``peft.PeftModel`` (or a plain model when trained without LoRA)
     :param tokenizer: its tokenizer (with a pad token)
     :param adapter_name: the policy's adapter (``"default"``)
+    :param autocast_dtype: compute dtype of a policy whose float32 weights are all trained (``None``: none)
     """
 
     model: nn.Module
     tokenizer: Any
     adapter_name: str = "default"
+    autocast_dtype: torch.dtype | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed-precision context of a policy trained without adapter (no-op otherwise)."""
+        return autocast_context(self.device, self.autocast_dtype)
 
     @property
     def has_lora(self) -> bool:
@@ -244,13 +312,16 @@ def load_policy(
     :param lora: the adapter; ``"spec"`` takes ``spec.lora`` (default :class:`LoraSettings` for a path or model),
         ``None`` trains every weight
     :param texts: tokenizer training texts (for an in-process tokenizer spec)
-    :return: a :class:`PolicyModel` in eval mode (no dropout), on its device
+    :return: a :class:`PolicyModel` in eval mode (no dropout), on its device. With ``dtype`` bfloat16/float16
+        and no adapter, the weights are kept in float32 and the forward passes run under autocast (mixed
+        precision: optimizer updates of 1e-6 would vanish in bfloat16 weights)
     """
     if isinstance(spec, str):
         spec = ModelSpec(path=spec)
     if isinstance(spec, ModelSpec):
         device = resolve_device(spec.device)
-        dtype = resolve_dtype(spec.dtype, device)
+        lora_settings = spec.lora if lora == "spec" else lora
+        dtype, autocast_dtype = weight_and_compute_dtype(resolve_dtype(spec.dtype, device), lora_settings is None)
         tok = load_tokenizer(tokenizer if tokenizer is not None else spec.tokenizer, spec.path, texts)
         ensure_pad_token(tok, "policy")
         if spec.init == "random":
@@ -267,7 +338,6 @@ def load_policy(
         else:
             raise ValueError(f"init must be 'pretrained' or 'random', got {spec.init!r}")
         model = model.to(device)
-        lora_settings = spec.lora if lora == "spec" else lora
         checkpointing = spec.gradient_checkpointing
     else:
         model = spec
@@ -276,13 +346,15 @@ def load_policy(
         tok = ensure_pad_token(tokenizer, "policy")
         lora_settings = LoraSettings() if lora == "spec" else lora
         checkpointing = False
+        autocast_dtype = None
     if not hasattr(model, "peft_config") and lora_settings is not None:
         from peft import get_peft_model
 
         model = get_peft_model(model, make_lora_config(lora_settings))  # type: ignore[arg-type]
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
+    disable_attention_dropout(model)
     model.eval()
-    return PolicyModel(model=model, tokenizer=tok)
+    return PolicyModel(model=model, tokenizer=tok, autocast_dtype=autocast_dtype)

@@ -56,7 +56,7 @@ from .config import CriticSpec, GenerationSettings, ModelSpec, RunConfig, Traine
 from .critic import LMCritic, load_critic, same_vocabulary
 from .data import PromptDataset, PromptSampler, has_chat_template, load_prompt_dataset
 from .generation import EncodedPrompts, Rollout, encode_prompts, generate_rollout, sequence_logprobs
-from .models import PolicyModel, load_policy
+from .models import PolicyModel, load_policy, train_mode
 from .monitor import make_callback, make_logger, peak_memory_mb, reset_peak_memory
 from .rewards import RewardRunner, ScoredBatch, Verifier
 
@@ -299,11 +299,12 @@ class SPPOTrainer:
 
     def _logprobs(self, rollout: Rollout, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         decoder, head, softcap = self.policy.parts
-        return sequence_logprobs(
-            decoder, head, rollout.input_ids, rollout.attention_mask, rollout.n_prompt, rollout.response_mask,
-            temperature=self.config.generation.temperature, chunk_size=self.config.logprob_chunk_size,
-            softcap=softcap, with_entropy=with_entropy,
-        )
+        with self.policy.autocast():
+            return sequence_logprobs(
+                decoder, head, rollout.input_ids, rollout.attention_mask, rollout.n_prompt, rollout.response_mask,
+                temperature=self.config.generation.temperature, chunk_size=self.config.logprob_chunk_size,
+                softcap=softcap, with_entropy=with_entropy,
+            )
 
     @torch.no_grad()
     def _batched_logprobs(self, rollout: Rollout, reference: bool = False) -> tuple[Tensor, Tensor]:
@@ -346,15 +347,16 @@ class SPPOTrainer:
         prompt_texts = [self._render_policy(m) for m in messages]
         repeated = prompts.repeat_interleave(n)
         self.policy.use_policy_adapter()
-        rollout = generate_rollout(
-            self.policy.model, self.policy.tokenizer, repeated, cfg.generation, self.policy.eos_token_ids
-        )
         greedy = None
-        if cfg.estimator == "remax":
-            greedy = generate_rollout(
-                self.policy.model, self.policy.tokenizer, prompts, cfg.generation, self.policy.eos_token_ids,
-                greedy=True,
+        with self.policy.autocast():
+            rollout = generate_rollout(
+                self.policy.model, self.policy.tokenizer, repeated, cfg.generation, self.policy.eos_token_ids
             )
+            if cfg.estimator == "remax":
+                greedy = generate_rollout(
+                    self.policy.model, self.policy.tokenizer, prompts, cfg.generation, self.policy.eos_token_ids,
+                    greedy=True,
+                )
         t_gen = time.perf_counter() - t0
 
         rows = [self.dataset[i] for i in indices for _ in range(n)]
@@ -464,7 +466,7 @@ class SPPOTrainer:
         mb = (cfg.critic_mini_batch_size or cfg.mini_batch_size or cfg.prompts_per_step) * n
         micro = cfg.critic_micro_batch_size or cfg.micro_batch_size
         losses, norms, weights = [], [], []
-        with critic.active():
+        with train_mode(critic.backbone), critic.active():
             for _ in range(cfg.critic_epochs or cfg.n_epochs):
                 perm = torch.randperm(batch.size, generator=self.shuffle_generator).to(self.device)
                 for mini in _chunks(perm, mb):
@@ -511,8 +513,17 @@ class SPPOTrainer:
         mask_all = batch.rollout.response_mask
         self.policy.use_policy_adapter()
         sums: dict[str, float] = {}
-        total_weight = 0.0
-        norms = []
+        norms: list[float] = []
+        with train_mode(self.policy.model):
+            self._policy_epochs(batch, mb, mask_all, sums, norms)
+        total_weight = sums.pop("_weight", 0.0)
+        metrics = {k: v / max(total_weight, 1e-12) for k, v in sums.items()}
+        metrics["train/grad_norm"] = float(np.mean(norms)) if norms else 0.0
+        return metrics
+
+    def _policy_epochs(self, batch: RolloutBatch, mb: int, mask_all: Tensor, sums: dict[str, float],
+                       norms: list[float]) -> None:
+        cfg = self.config
         for _ in range(cfg.n_epochs):
             perm = torch.randperm(batch.size, generator=self.shuffle_generator).to(self.device)
             for mini in _chunks(perm, mb):
@@ -549,14 +560,11 @@ class SPPOTrainer:
                         weight = (mask.sum(-1) > 0).sum() / n_seqs
                     (loss * weight).backward()
                     w = float(weight)
-                    total_weight += w
+                    sums["_weight"] = sums.get("_weight", 0.0) + w
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + w * float(v.detach())
                 norms.append(self._clip(self.policy_params, cfg.max_grad_norm))
                 self.policy_optimizer.step()
-        metrics = {k: v / max(total_weight, 1e-12) for k, v in sums.items()}
-        metrics["train/grad_norm"] = float(np.mean(norms)) if norms else 0.0
-        return metrics
 
     # ------------------------------------------------------------------------------------------------------
     # the loop

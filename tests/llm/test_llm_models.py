@@ -213,3 +213,29 @@ def test_pad_token_policy(copy_rows: Any) -> None:
     bare.eos_token = None
     with pytest.raises(ValueError, match="neither a pad token nor an end-of-sequence token"):
         ensure_pad_token(bare)
+
+
+def test_model_specs_mixed_precision_and_checkpointing(copy_rows: Any) -> None:
+    """A spec-built policy: bf16 compute with float32 trained weights (no adapter), activation checkpointing on."""
+    from sppo_rl.llm.config import LoraSettings, ModelSpec
+    from sppo_rl.llm.models import train_mode
+
+    texts = [r["question"] for r in copy_rows]
+    spec = ModelSpec(init="random", config=dict(TINY_QWEN2), tokenizer={"train_on": "dataset", "vocab_size": 40},
+                     dtype="bfloat16", device="cpu", gradient_checkpointing=True, lora=None)
+    full = load_policy(spec, texts=texts)
+    assert full.autocast_dtype == torch.bfloat16 and next(full.model.parameters()).dtype == torch.float32
+    lora = load_policy(ModelSpec(**{**spec.__dict__, "lora": LoraSettings(r=4, alpha=8)}), texts=texts)
+    assert lora.autocast_dtype is None and lora.dtype == torch.bfloat16  # frozen base stored in bf16
+    assert all(p.dtype == torch.float32 for p in lora.trainable_parameters())  # peft keeps the adapter in fp32
+    enc = encode_prompts(full.tokenizer, PROMPTS[:1], 64)
+    ids = torch.cat([enc.input_ids, torch.tensor([[5, 6, 7]])], 1)
+    mask = torch.ones_like(ids)
+    decoder, head, _ = full.parts
+    layer = decoder.layers[0]
+    with train_mode(full.model), full.autocast():
+        assert layer.training and layer.gradient_checkpointing  # checkpointing only acts in training mode
+        lp, _ = sequence_logprobs(decoder, head, ids, mask, enc.input_ids.shape[1], torch.ones(1, 3), 1.0)
+        lp.sum().backward()
+    assert not full.model.training
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in full.trainable_parameters()[:3])
