@@ -8,7 +8,6 @@ gives the same training numbers as one without) and the same seed gives the same
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -47,7 +46,8 @@ def evaluate_policy(
     :param prompt_truncation: ``"error"`` or ``"left"``
     :param chat_template: how prompts are rendered
     :param max_prompts: evaluate the first prompts only
-    :param batch_size: prompts per generation call (each repeated ``k`` times)
+    :param batch_size: prompts per batch (each repeated ``k`` times; ``generation.batch_size`` sequences are
+        generated per ``generate`` call)
     :param seed: sampling seed
     :return: ``{"avg@k": float, "pass@k": float, "accuracy": float (= avg@k), "reward_mean": float,
         "truncation_rate": float, "response_length_mean": float, "n_prompts": int, "k": int,
@@ -55,7 +55,7 @@ def evaluate_policy(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    gen = replace(generation or GenerationSettings(), batch_size=None)
+    gen = generation or GenerationSettings()
     n = len(dataset) if max_prompts is None else min(max_prompts, len(dataset))
     use_chat = chat_template is True or (chat_template == "auto" and has_chat_template(policy.tokenizer))
     policy.use_policy_adapter()

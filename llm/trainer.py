@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -184,7 +184,7 @@ class SPPOTrainer:
 
         # models (seeded: a LoRA adapter's initial weights come from the global random state)
         _seed_global(cfg.seed)
-        texts = list(self._tokenizer_texts())
+        texts = _TokenizerTexts(self.dataset)
         self.policy = policy if isinstance(policy, PolicyModel) else load_policy(policy, tokenizer, texts=texts)
         self.critic: LMCritic | None = load_critic(
             critic, self.policy, cfg.max_prompt_length, cfg.prompt_truncation, critic_tokenizer, texts,
@@ -222,14 +222,6 @@ class SPPOTrainer:
     # set-up checks
     # ------------------------------------------------------------------------------------------------------
 
-    def _tokenizer_texts(self) -> Iterable[str]:
-        for i in range(len(self.dataset)):
-            for m in self.dataset.messages(i):
-                yield m["content"]
-            answer = self.dataset[i].get(self.dataset.answer_column)
-            if answer is not None:
-                yield str(answer)
-
     def _check_components(self) -> None:
         cfg = self.config
         if cfg.estimator in CRITIC_ESTIMATORS and self.critic is None:
@@ -261,7 +253,7 @@ class SPPOTrainer:
         step = 256
         for start in range(0, len(dataset), step):
             idx = list(range(start, min(start + step, len(dataset))))
-            self._encode_policy([dataset.messages(i) for i in idx])
+            self._encode_policy([self._render_policy(dataset.messages(i)) for i in idx])
             if self.critic is not None and self.config.estimator != "gae":
                 self.critic.encode([dataset.messages(i) for i in idx])
 
@@ -290,11 +282,12 @@ class SPPOTrainer:
 
         return render_messages(messages, self.policy.tokenizer, self.config.chat_template)
 
-    def _encode_policy(self, messages: Sequence[Sequence[dict[str, str]]]) -> EncodedPrompts:
+    def _encode_policy(self, texts: Sequence[str]) -> EncodedPrompts:
+        """Tokenise rendered prompts with the policy's tokenizer, left-padded, within ``max_prompt_length``."""
         cfg = self.config
         return encode_prompts(
-            self.policy.tokenizer, [self._render_policy(m) for m in messages], cfg.max_prompt_length,
-            cfg.prompt_truncation, add_special_tokens=not self._use_chat(), device=self.device,
+            self.policy.tokenizer, texts, cfg.max_prompt_length, cfg.prompt_truncation,
+            add_special_tokens=not self._use_chat(), device=self.device,
         )
 
     def _logprobs(self, rollout: Rollout, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -343,8 +336,8 @@ class SPPOTrainer:
         t0 = time.perf_counter()
         indices = self.sampler.next(cfg.prompts_per_step)
         messages = [self.dataset.messages(i) for i in indices]
-        prompts = self._encode_policy(messages)
         prompt_texts = [self._render_policy(m) for m in messages]
+        prompts = self._encode_policy(prompt_texts)
         repeated = prompts.repeat_interleave(n)
         self.policy.use_policy_adapter()
         greedy = None
@@ -799,6 +792,21 @@ class SPPOTrainer:
     def config_dict(self) -> dict[str, Any]:
         """The trainer configuration as a plain dict."""
         return to_dict(self.config)
+
+
+class _TokenizerTexts:
+    """The training prompts' message contents and answers, read lazily (only an in-process tokenizer needs them)."""
+
+    def __init__(self, dataset: PromptDataset) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[str]:
+        for i in range(len(self.dataset)):
+            for m in self.dataset.messages(i):
+                yield m["content"]
+            answer = self.dataset[i].get(self.dataset.answer_column)
+            if answer is not None:
+                yield str(answer)
 
 
 def _seed_global(seed: int) -> None:

@@ -92,7 +92,7 @@ def test_remax_subtracts_the_greedy_samples_reward(make_policy: Any, copy_rows: 
     # the greedy responses, recomputed by argmax decoding
     from sppo_rl.llm.generation import generate_rollout
 
-    enc = trainer._encode_policy([trainer.dataset.template.messages(r) for r in batch.rows])
+    enc = trainer._encode_policy([trainer._render_policy(trainer.dataset.template.messages(r)) for r in batch.rows])
     greedy = generate_rollout(trainer.policy.model, trainer.policy.tokenizer, enc, trainer.config.generation,
                               trainer.policy.eos_token_ids, greedy=True)
     expected_greedy = torch.tensor(parity_reward([], greedy.texts))

@@ -199,3 +199,22 @@ def test_callbacks_logger_and_progress_bar(tmp_path: Any, make_policy: Any, copy
         assert key in header, key
     assert len(csv) == 3
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.rglob("*"))
+
+
+def test_trainer_takes_a_prompt_env_and_real_verifiers(make_policy: Any, policy_tokenizer: Any) -> None:
+    """PromptEnv as training data (its dataset and verifier), reasoning-gym and boxed-math rewards in the loop."""
+    pytest.importorskip("gymnasium")
+    from sppo_rl.llm.env import PromptEnv
+    from sppo_rl.llm.rewards import BoxedMathVerifier, ReasoningGymVerifier
+
+    opts: dict[str, Any] = {"prompts_per_step": 4, "micro_batch_size": 4, "max_prompt_length": 128, "verbose": 0,
+                            "generation": GenerationSettings(temperature=1.0, max_new_tokens=4)}
+    env = PromptEnv("reasoning_gym:basic_arithmetic", reward=ReasoningGymVerifier(), tokenizer=policy_tokenizer)
+    trainer = SPPOTrainer(make_policy(), env, critic="shared", **opts)
+    assert trainer.get_env() is env and trainer.rewards is env.rewards
+    trainer.learn(n_iterations=1)
+    assert trainer.history[-1]["rollout/no_answer_rate"] == 1.0  # a random model never writes <answer> tags
+    rows = [{"question": "1 + 1", "answer": "2"}] * 4
+    math = SPPOTrainer(make_policy(), rows, BoxedMathVerifier(), critic="shared", **opts)
+    math.learn(n_iterations=1)
+    assert math.history[-1]["rollout/verifier_failures"] == 0.0
