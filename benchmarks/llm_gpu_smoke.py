@@ -36,21 +36,48 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 QWEN2_1P5B = {
-    "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-    "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
-    "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+    "model_type": "qwen2",
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
 }
 """DeepSeek-R1-Distill-Qwen-1.5B's shape."""
 QWEN2_0P5B = {
-    "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-    "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
     "tie_word_embeddings": True,
 }
 """Qwen2.5-0.5B's shape (vocabulary from the critic's tokenizer)."""
-TINY_POLICY = {**QWEN2_1P5B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096}
-TINY_CRITIC = {**QWEN2_0P5B, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-               "num_attention_heads": 2, "num_key_value_heads": 2}
+TINY_POLICY = {
+    **QWEN2_1P5B,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 4096,
+}
+TINY_CRITIC = {
+    **QWEN2_0P5B,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+}
 
 
 def import_sppo_llm() -> Any:
@@ -76,8 +103,15 @@ def import_sppo_llm() -> Any:
     return module
 
 
-def build_model(config: dict[str, Any], tokenizer: Any, device: torch.device, dtype: torch.dtype, causal_lm: bool,
-                seed: int, vocab_size: int | None = None) -> Any:
+def build_model(
+    config: dict[str, Any],
+    tokenizer: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    causal_lm: bool,
+    seed: int,
+    vocab_size: int | None = None,
+) -> Any:
     """Random-init model created directly on ``device`` in ``dtype`` (fast even at 1.5B parameters)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -94,8 +128,7 @@ def build_model(config: dict[str, Any], tokenizer: Any, device: torch.device, dt
 
 
 def random_prompts(n: int, words: list[str], rng: random.Random, n_words: int) -> list[dict[str, str]]:
-    return [{"question": " ".join(rng.choice(words) for _ in range(n_words)), "answer": str(i % 10)}
-            for i in range(n)]
+    return [{"question": " ".join(rng.choice(words) for _ in range(n_words)), "answer": str(i % 10)} for i in range(n)]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -129,8 +162,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     rng = random.Random(0)
-    words = ["alpha", "beta", "gamma", "delta", "omega", "sum", "prove", "integer", "triangle", "x", "y", "+", "=",
-             "\\frac{1}{2}", "\\boxed{}", "Let", "find", "the", "number", "of"] + [str(i) for i in range(100)]
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "omega",
+        "sum",
+        "prove",
+        "integer",
+        "triangle",
+        "x",
+        "y",
+        "+",
+        "=",
+        "\\frac{1}{2}",
+        "\\boxed{}",
+        "Let",
+        "find",
+        "the",
+        "number",
+        "of",
+    ] + [str(i) for i in range(100)]
     corpus = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(200)]
     policy_tok = train_tokenizer(corpus, vocab_size=1000, byte_level=True)
     critic_tok = train_tokenizer(corpus, vocab_size=700, byte_level=True)  # a different vocabulary
@@ -152,8 +205,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         backbone.requires_grad_(True)
         if not args.no_gradient_checkpointing:
             enable_activation_checkpointing(backbone)
-        critic = LMCritic(backbone, critic_tok, "bernoulli", max_prompt_length=args.prompt_len,
-                          prompt_truncation="left", chat_template=False)
+        critic = LMCritic(
+            backbone,
+            critic_tok,
+            "bernoulli",
+            max_prompt_length=args.prompt_len,
+            prompt_truncation="left",
+            chat_template=False,
+        )
     build_s = time.perf_counter() - t0
 
     rows = random_prompts(max(args.prompts * 4, 64), words, rng, n_words=args.prompt_len)
@@ -162,13 +221,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return [float(rng.random() < 0.5) for _ in completions]
 
     trainer = llm.SPPOTrainer(
-        policy, rows, coin, critic=critic, estimator=args.estimator, n_samples_per_prompt=args.samples_per_prompt,
-        prompts_per_step=args.prompts, mini_batch_size=args.prompts, micro_batch_size=args.micro_batch,
-        learning_rate=1e-6, critic_learning_rate=5e-6, max_prompt_length=args.prompt_len, prompt_truncation="left",
-        chat_template=False, logprob_chunk_size=args.chunk, verbose=0,
-        generation=GenerationSettings(temperature=0.6, max_new_tokens=args.response_len, suppress_eos=True,
-                                      cache_implementation=args.cache_implementation,
-                                      batch_size=args.generation_batch),
+        policy,
+        rows,
+        coin,
+        critic=critic,
+        estimator=args.estimator,
+        n_samples_per_prompt=args.samples_per_prompt,
+        prompts_per_step=args.prompts,
+        mini_batch_size=args.prompts,
+        micro_batch_size=args.micro_batch,
+        learning_rate=1e-6,
+        critic_learning_rate=5e-6,
+        max_prompt_length=args.prompt_len,
+        prompt_truncation="left",
+        chat_template=False,
+        logprob_chunk_size=args.chunk,
+        verbose=0,
+        generation=GenerationSettings(
+            temperature=0.6,
+            max_new_tokens=args.response_len,
+            suppress_eos=True,
+            cache_implementation=args.cache_implementation,
+            batch_size=args.generation_batch,
+        ),
     )
     steps = []
     for _ in range(args.steps):
@@ -210,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_memory_gb": round(last["time/peak_memory_mb"] / 1024, 2),
         "peak_memory_gb_all_steps": round(max(m["time/peak_memory_mb"] for m in steps) / 1024, 2),
         "gpu_total_memory_gb": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
-        if device.type == "cuda" else None,
+        if device.type == "cuda"
+        else None,
         "response_length_mean": last["rollout/response_length_mean"],
         "policy_gradient_loss": last["train/policy_gradient_loss"],
         "value_loss": last.get("train/value_loss"),

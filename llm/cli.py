@@ -70,8 +70,11 @@ def _train(args: argparse.Namespace) -> int:
         raise SystemExit("The config needs train.n_iterations or train.total_steps")
     remaining = max(0, target - trainer.iteration)
     trainer.learn(
-        n_iterations=remaining, log_interval=t.log_interval, progress_bar=t.progress_bar or args.progress_bar,
-        eval_interval=t.eval_interval, save_interval=t.save_interval,
+        n_iterations=remaining,
+        log_interval=t.log_interval,
+        progress_bar=t.progress_bar or args.progress_bar,
+        eval_interval=t.eval_interval,
+        save_interval=t.save_interval,
         save_dir=os.path.join(cfg.output_dir, "checkpoints"),
     )
     final = trainer.save(os.path.join(cfg.output_dir, "final"))
@@ -79,7 +82,7 @@ def _train(args: argparse.Namespace) -> int:
     first = trainer.history[0] if trainer.history else {}
     last = trainer.history[-1] if trainer.history else {}
     if first:
-        window = trainer.history[-min(10, len(trainer.history)):]
+        window = trainer.history[-min(10, len(trainer.history)) :]
         summary["reward_first_iteration"] = first["rollout/reward_mean"]
         summary["reward_last_10_iterations"] = sum(m["rollout/reward_mean"] for m in window) / len(window)
         summary["success_rate_last"] = last["rollout/success_rate"]
@@ -117,8 +120,13 @@ def _eval(args: argparse.Namespace) -> int:
 def _make_tiny(args: argparse.Namespace) -> int:
     from .tiny import TINY_QWEN2, make_tiny
 
-    config = dict(TINY_QWEN2, model_type=args.model_type, hidden_size=args.hidden_size,
-                  num_hidden_layers=args.layers, intermediate_size=2 * args.hidden_size)
+    config = dict(
+        TINY_QWEN2,
+        model_type=args.model_type,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        intermediate_size=2 * args.hidden_size,
+    )
     out = make_tiny(args.out, config=config, vocab_size=args.vocab_size, seed=args.seed, byte_level=args.byte_level)
     print(json.dumps({"out": out, "config": config, "vocab_size": args.vocab_size}), flush=True)
     return 0

@@ -97,8 +97,8 @@ class LMCritic(nn.Module):
         self.chat_template = chat_template
         self.adapter_name = adapter_name
         self._policy = policy
-        self.autocast_dtype = autocast_dtype if autocast_dtype is not None else (
-            policy.autocast_dtype if policy is not None else None
+        self.autocast_dtype = (
+            autocast_dtype if autocast_dtype is not None else (policy.autocast_dtype if policy is not None else None)
         )
         decoder, _, _ = decoder_and_head(backbone)
         self._decoder = decoder
@@ -144,8 +144,13 @@ class LMCritic(nn.Module):
         """
         use_chat = self.chat_template is True or (self.chat_template == "auto" and has_chat_template(self.tokenizer))
         return encode_prompts(
-            self.tokenizer, [self.render(m) for m in messages], self.max_prompt_length, self.prompt_truncation,
-            add_special_tokens=not use_chat, device=self.device, role="critic",
+            self.tokenizer,
+            [self.render(m) for m in messages],
+            self.max_prompt_length,
+            self.prompt_truncation,
+            add_special_tokens=not use_chat,
+            device=self.device,
+            role="critic",
         )
 
     # ---- outputs ---------------------------------------------------------------------------------------
@@ -155,8 +160,12 @@ class LMCritic(nn.Module):
         device = next(self._decoder.parameters()).device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         with autocast_context(device, self.autocast_dtype):
-            out = self._decoder(input_ids=input_ids, attention_mask=attention_mask,
-                                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+            out = self._decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False,
+            )
         return out.last_hidden_state
 
     def prompt_outputs(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -246,8 +255,16 @@ def make_shared_critic(
     if CRITIC_ADAPTER not in model.peft_config:
         model.add_adapter(CRITIC_ADAPTER, make_lora_config(lora or LoraSettings()))
     policy.use_policy_adapter()
-    return LMCritic(model, policy.tokenizer, value_head, max_prompt_length, prompt_truncation, chat_template,
-                    adapter_name=CRITIC_ADAPTER, policy=policy)
+    return LMCritic(
+        model,
+        policy.tokenizer,
+        value_head,
+        max_prompt_length,
+        prompt_truncation,
+        chat_template,
+        adapter_name=CRITIC_ADAPTER,
+        policy=policy,
+    )
 
 
 def load_critic(
@@ -324,5 +341,12 @@ def load_critic(
     if m.gradient_checkpointing:
         enable_activation_checkpointing(backbone)
     disable_attention_dropout(backbone)
-    return LMCritic(backbone.eval(), tok, spec.value_head, limit, prompt_truncation, spec.chat_template,
-                    autocast_dtype=autocast_dtype)
+    return LMCritic(
+        backbone.eval(),
+        tok,
+        spec.value_head,
+        limit,
+        prompt_truncation,
+        spec.chat_template,
+        autocast_dtype=autocast_dtype,
+    )

@@ -72,11 +72,18 @@ def evaluate_policy(
         for start in range(0, n, batch_size):
             idx = list(range(start, min(start + batch_size, n)))
             texts = [render_messages(dataset.messages(i), policy.tokenizer, chat_template) for i in idx]
-            enc = encode_prompts(policy.tokenizer, texts, max_prompt_length, prompt_truncation,
-                                 add_special_tokens=not use_chat, device=device)
+            enc = encode_prompts(
+                policy.tokenizer,
+                texts,
+                max_prompt_length,
+                prompt_truncation,
+                add_special_tokens=not use_chat,
+                device=device,
+            )
             with policy.autocast():
-                rollout = generate_rollout(policy.model, policy.tokenizer, enc.repeat_interleave(k), gen,
-                                           policy.eos_token_ids)
+                rollout = generate_rollout(
+                    policy.model, policy.tokenizer, enc.repeat_interleave(k), gen, policy.eos_token_ids
+                )
             rows = [dataset[i] for i in idx for _ in range(k)]
             scored = rewards.score([t for t in texts for _ in range(k)], rollout.texts, rows)
             success = torch.tensor(scored.success, dtype=torch.float32).view(len(idx), k)

@@ -62,8 +62,9 @@ class EncodedPrompts:
 
     def repeat_interleave(self, n: int) -> EncodedPrompts:
         """Each prompt ``n`` times in a row (for ``n`` samples per prompt)."""
-        return EncodedPrompts(self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0),
-                              self.n_truncated)
+        return EncodedPrompts(
+            self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0), self.n_truncated
+        )
 
 
 def left_pad(
@@ -180,8 +181,12 @@ class Rollout:
         keep_r = rm.any(0).nonzero()
         t1 = int(keep_r[-1, 0]) + 1 if len(keep_r) else 0
         return Rollout(
-            self.prompt_ids[idx][:, p0:], pm[:, p0:], self.response_ids[idx][:, :t1], rm[:, :t1],
-            self.truncated[idx], [self.texts[i] for i in idx.tolist()] if self.texts else [],
+            self.prompt_ids[idx][:, p0:],
+            pm[:, p0:],
+            self.response_ids[idx][:, :t1],
+            rm[:, :t1],
+            self.truncated[idx],
+            [self.texts[i] for i in idx.tolist()] if self.texts else [],
         )
 
 
@@ -268,8 +273,9 @@ def generate_rollout(
     return Rollout(prompts.input_ids, prompts.attention_mask, response, response_mask, truncated, texts)
 
 
-def _chunk_logprobs(hidden: Tensor, targets: Tensor, head: nn.Module, temperature: float, softcap: float | None,
-                    with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+def _chunk_logprobs(
+    hidden: Tensor, targets: Tensor, head: nn.Module, temperature: float, softcap: float | None, with_entropy: bool
+) -> tuple[Tensor, Tensor | None]:
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -315,8 +321,9 @@ def sequence_logprobs(
     """
     n_response = response_mask.shape[1]
     position_ids = position_ids_from_mask(attention_mask)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     use_cache=False).last_hidden_state
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     h = hidden[:, n_prompt - 1 : n_prompt - 1 + n_response]
     targets = input_ids[:, n_prompt : n_prompt + n_response]
     valid = response_mask.bool()

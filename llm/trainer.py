@@ -187,7 +187,12 @@ class SPPOTrainer:
         texts = _TokenizerTexts(self.dataset)
         self.policy = policy if isinstance(policy, PolicyModel) else load_policy(policy, tokenizer, texts=texts)
         self.critic: LMCritic | None = load_critic(
-            critic, self.policy, cfg.max_prompt_length, cfg.prompt_truncation, critic_tokenizer, texts,
+            critic,
+            self.policy,
+            cfg.max_prompt_length,
+            cfg.prompt_truncation,
+            critic_tokenizer,
+            texts,
             cfg.chat_template,
         )
         self._check_components()
@@ -197,14 +202,21 @@ class SPPOTrainer:
         if not self.policy_params:
             raise ValueError("The policy has no trainable parameters")
         self.policy_optimizer = torch.optim.AdamW(
-            self.policy_params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+            self.policy_params,
+            lr=cfg.learning_rate,
+            betas=tuple(cfg.adam_betas),
+            eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
         )
         self.critic_optimizer: torch.optim.Optimizer | None = None
+        self.critic_params: list[nn.Parameter] = []
         if self.critic is not None:
             self.critic_params = [p for _, p in self.critic.trainable_named_parameters()]
             self.critic_optimizer = torch.optim.AdamW(
-                self.critic_params, lr=cfg.critic_learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                self.critic_params,
+                lr=cfg.critic_learning_rate,
+                betas=tuple(cfg.adam_betas),
+                eps=cfg.adam_eps,
                 weight_decay=cfg.critic_weight_decay,
             )
 
@@ -286,17 +298,28 @@ class SPPOTrainer:
         """Tokenise rendered prompts with the policy's tokenizer, left-padded, within ``max_prompt_length``."""
         cfg = self.config
         return encode_prompts(
-            self.policy.tokenizer, texts, cfg.max_prompt_length, cfg.prompt_truncation,
-            add_special_tokens=not self._use_chat(), device=self.device,
+            self.policy.tokenizer,
+            texts,
+            cfg.max_prompt_length,
+            cfg.prompt_truncation,
+            add_special_tokens=not self._use_chat(),
+            device=self.device,
         )
 
     def _logprobs(self, rollout: Rollout, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         decoder, head, softcap = self.policy.parts
         with self.policy.autocast():
             return sequence_logprobs(
-                decoder, head, rollout.input_ids, rollout.attention_mask, rollout.n_prompt, rollout.response_mask,
-                temperature=self.config.generation.temperature, chunk_size=self.config.logprob_chunk_size,
-                softcap=softcap, with_entropy=with_entropy,
+                decoder,
+                head,
+                rollout.input_ids,
+                rollout.attention_mask,
+                rollout.n_prompt,
+                rollout.response_mask,
+                temperature=self.config.generation.temperature,
+                chunk_size=self.config.logprob_chunk_size,
+                softcap=softcap,
+                with_entropy=with_entropy,
             )
 
     @torch.no_grad()
@@ -347,7 +370,11 @@ class SPPOTrainer:
             )
             if cfg.estimator == "remax":
                 greedy = generate_rollout(
-                    self.policy.model, self.policy.tokenizer, prompts, cfg.generation, self.policy.eos_token_ids,
+                    self.policy.model,
+                    self.policy.tokenizer,
+                    prompts,
+                    cfg.generation,
+                    self.policy.eos_token_ids,
                     greedy=True,
                 )
         t_gen = time.perf_counter() - t0
@@ -378,7 +405,12 @@ class SPPOTrainer:
             last = (rollout.response_lengths - 1).clamp(min=0)
             token_rewards[torch.arange(mask.shape[0]), last] = outcomes
             advantages, returns = compute_advantages(
-                "gae", rewards=token_rewards, values=values, mask=mask, gamma=cfg.gamma, lam=cfg.gae_lambda,
+                "gae",
+                rewards=token_rewards,
+                values=values,
+                mask=mask,
+                gamma=cfg.gamma,
+                lam=cfg.gae_lambda,
                 whiten=cfg.whiten_gae,
             )
         else:
@@ -391,9 +423,20 @@ class SPPOTrainer:
             advantages = broadcast_to_steps(seq_adv, mask)
         self._rollout_time = (t_gen, t_score, time.perf_counter() - t0 - t_gen - t_score)
         return RolloutBatch(
-            rollout=rollout, rows=rows, group_ids=group_ids, outcomes=outcomes, success=success, old_logp=old_logp,
-            ref_logp=ref_logp, advantages=advantages, critic_inputs=critic_inputs, values=values, returns=returns,
-            greedy_outcomes=greedy_outcomes, scored=scored, entropy=entropy,
+            rollout=rollout,
+            rows=rows,
+            group_ids=group_ids,
+            outcomes=outcomes,
+            success=success,
+            old_logp=old_logp,
+            ref_logp=ref_logp,
+            advantages=advantages,
+            critic_inputs=critic_inputs,
+            values=values,
+            returns=returns,
+            greedy_outcomes=greedy_outcomes,
+            scored=scored,
+            entropy=entropy,
             prompts_truncated=prompts.n_truncated,
             critic_prompts_truncated=critic_inputs.n_truncated if critic_inputs is not None else 0,
         )
@@ -409,8 +452,13 @@ class SPPOTrainer:
             assert values is not None
             return compute_advantages("sppo", outcomes=outcomes, baselines=values)
         if name == "grpo":
-            return compute_advantages("grpo", outcomes=outcomes, group_ids=group_ids, eps=cfg.grpo_eps,
-                                      normalize_by_std=cfg.grpo_normalize_by_std)
+            return compute_advantages(
+                "grpo",
+                outcomes=outcomes,
+                group_ids=group_ids,
+                eps=cfg.grpo_eps,
+                normalize_by_std=cfg.grpo_normalize_by_std,
+            )
         if name == "rloo":
             return compute_advantages("rloo", outcomes=outcomes, group_ids=group_ids)
         if name == "remax":
@@ -477,8 +525,9 @@ class SPPOTrainer:
                         else:
                             assert batch.critic_inputs is not None
                             cidx = idx.to(batch.critic_inputs.input_ids.device)
-                            ids, mask = _trim_left(batch.critic_inputs.input_ids[cidx],
-                                                   batch.critic_inputs.attention_mask[cidx])
+                            ids, mask = _trim_left(
+                                batch.critic_inputs.input_ids[cidx], batch.critic_inputs.attention_mask[cidx]
+                            )
                             out = critic.prompt_outputs(ids, mask)
                             loss = critic.head.loss_from_output(out, batch.outcomes[idx].to(out.device))
                             weight = torch.tensor(len(idx) / len(mini))
@@ -514,8 +563,9 @@ class SPPOTrainer:
         metrics["train/grad_norm"] = float(np.mean(norms)) if norms else 0.0
         return metrics
 
-    def _policy_epochs(self, batch: RolloutBatch, mb: int, mask_all: Tensor, sums: dict[str, float],
-                       norms: list[float]) -> None:
+    def _policy_epochs(
+        self, batch: RolloutBatch, mb: int, mask_all: Tensor, sums: dict[str, float], norms: list[float]
+    ) -> None:
         cfg = self.config
         for _ in range(cfg.n_epochs):
             perm = torch.randperm(batch.size, generator=self.shuffle_generator).to(self.device)
@@ -530,14 +580,22 @@ class SPPOTrainer:
                     mask = sub.response_mask.to(torch.float32)
                     logp, _ = self._logprobs(sub)
                     out = clipped_policy_loss(
-                        logp, batch.old_logp[idx, :width], batch.advantages[idx, :width], mask,
-                        clip_range=cfg.clip_range, clip_range_high=cfg.clip_range_high, dual_clip=cfg.dual_clip,
-                        log_ratio_clamp=cfg.log_ratio_clamp, loss_agg_mode=cfg.loss_agg_mode,
+                        logp,
+                        batch.old_logp[idx, :width],
+                        batch.advantages[idx, :width],
+                        mask,
+                        clip_range=cfg.clip_range,
+                        clip_range_high=cfg.clip_range_high,
+                        dual_clip=cfg.dual_clip,
+                        log_ratio_clamp=cfg.log_ratio_clamp,
+                        loss_agg_mode=cfg.loss_agg_mode,
                     )
                     loss = out.loss
                     stats = {
-                        "train/policy_gradient_loss": out.loss, "train/clip_fraction": out.clip_fraction,
-                        "train/dual_clip_fraction": out.dual_clip_fraction, "train/approx_kl": out.approx_kl,
+                        "train/policy_gradient_loss": out.loss,
+                        "train/clip_fraction": out.clip_fraction,
+                        "train/dual_clip_fraction": out.dual_clip_fraction,
+                        "train/approx_kl": out.approx_kl,
                         "train/ratio_mean": out.ratio_mean,
                     }
                     if cfg.kl_coef > 0:
@@ -580,20 +638,22 @@ class SPPOTrainer:
         t_gen, t_score, t_logp = self._rollout_time
         elapsed = time.perf_counter() - t0
         n_tokens = float(batch.rollout.response_mask.sum())
-        metrics.update({
-            "train/learning_rate": self.policy_optimizer.param_groups[0]["lr"],
-            "time/iterations": float(self.iteration),
-            "time/total_timesteps": float(self.num_timesteps),
-            "time/generation_s": t_gen,
-            "time/scoring_s": t_score,
-            "time/logprob_s": t_logp,
-            "time/rollout_s": t_rollout,
-            "time/training_s": t_train,
-            "time/iteration_s": elapsed,
-            "time/tokens_per_second": n_tokens / max(elapsed, 1e-9),
-            "time/generation_tokens_per_second": n_tokens / max(t_gen, 1e-9),
-            "time/peak_memory_mb": peak_memory_mb(self.device),
-        })
+        metrics.update(
+            {
+                "train/learning_rate": self.policy_optimizer.param_groups[0]["lr"],
+                "time/iterations": float(self.iteration),
+                "time/total_timesteps": float(self.num_timesteps),
+                "time/generation_s": t_gen,
+                "time/scoring_s": t_score,
+                "time/logprob_s": t_logp,
+                "time/rollout_s": t_rollout,
+                "time/training_s": t_train,
+                "time/iteration_s": elapsed,
+                "time/tokens_per_second": n_tokens / max(elapsed, 1e-9),
+                "time/generation_tokens_per_second": n_tokens / max(t_gen, 1e-9),
+                "time/peak_memory_mb": peak_memory_mb(self.device),
+            }
+        )
         if self.critic_optimizer is not None:
             metrics["train/critic_learning_rate"] = self.critic_optimizer.param_groups[0]["lr"]
         self.last_metrics = metrics
@@ -736,15 +796,21 @@ class SPPOTrainer:
         gen = replace(
             train_gen,
             temperature=temperature or (ev.temperature if ev and ev.temperature else train_gen.temperature),
-            max_new_tokens=max_new_tokens or (ev.max_new_tokens if ev and ev.max_new_tokens else
-                                              train_gen.max_new_tokens),
+            max_new_tokens=max_new_tokens
+            or (ev.max_new_tokens if ev and ev.max_new_tokens else train_gen.max_new_tokens),
         )
         return evaluate_policy(
-            self.policy, data, self.rewards, k=k or (ev.k if ev else 4), generation=gen,
-            max_prompt_length=self.config.max_prompt_length, prompt_truncation=self.config.prompt_truncation,
-            chat_template=self.config.chat_template, max_prompts=max_prompts or (ev.max_prompts if ev else None),
-            batch_size=batch_size or (ev.batch_size if ev else 64), seed=seed if seed is not None else
-            (ev.seed if ev else 1234),
+            self.policy,
+            data,
+            self.rewards,
+            k=k or (ev.k if ev else 4),
+            generation=gen,
+            max_prompt_length=self.config.max_prompt_length,
+            prompt_truncation=self.config.prompt_truncation,
+            chat_template=self.config.chat_template,
+            max_prompts=max_prompts or (ev.max_prompts if ev else None),
+            batch_size=batch_size or (ev.batch_size if ev else 64),
+            seed=seed if seed is not None else (ev.seed if ev else 1234),
         )
 
     def save(self, path: str) -> str:

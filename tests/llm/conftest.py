@@ -72,8 +72,9 @@ def critic_tokenizer(copy_rows: list[dict[str, Any]]) -> Any:
 def make_policy(policy_tokenizer: Any) -> Callable[..., PolicyModel]:
     """``make_policy(seed=0, lora=LORA_WITH_HEAD, config=None) -> PolicyModel`` (fresh objects every call)."""
 
-    def build(seed: int = 0, lora: LoraSettings | None = LORA_WITH_HEAD, config: dict | None = None,
-              tokenizer: Any = None) -> PolicyModel:
+    def build(
+        seed: int = 0, lora: LoraSettings | None = LORA_WITH_HEAD, config: dict | None = None, tokenizer: Any = None
+    ) -> PolicyModel:
         tok = tokenizer if tokenizer is not None else policy_tokenizer
         model = build_random_model(dict(config or TINY_QWEN2), seed=seed, tokenizer=tok)
         with torch.random.fork_rng(devices=[]):

@@ -17,15 +17,28 @@ from sppo_rl.llm.trainer import SPPOTrainer
 from sppo_rl.value_heads import OutcomeError
 
 LONG = [{"question": "Repeat: " + " ".join(["7"] * 40), "answer": "7"}, {"question": "Repeat: 3", "answer": "3"}]
-OPTS: dict[str, Any] = {"prompts_per_step": 2, "micro_batch_size": 2, "chat_template": False, "verbose": 0,
-                        "generation": GenerationSettings(temperature=1.0, max_new_tokens=3)}
+OPTS: dict[str, Any] = {
+    "prompts_per_step": 2,
+    "micro_batch_size": 2,
+    "chat_template": False,
+    "verbose": 0,
+    "generation": GenerationSettings(temperature=1.0, max_new_tokens=3),
+}
 
 
 def test_prompt_longer_than_the_limit(make_policy: Any) -> None:
     with pytest.raises(PromptTooLongError, match="max_prompt_length=16"):
         SPPOTrainer(make_policy(), LONG, ExactMatchVerifier(), critic="shared", max_prompt_length=16, **OPTS)
-    trainer = SPPOTrainer(make_policy(), LONG, ExactMatchVerifier(), critic="shared", max_prompt_length=16,
-                          prompt_truncation="left", shuffle=False, **OPTS)
+    trainer = SPPOTrainer(
+        make_policy(),
+        LONG,
+        ExactMatchVerifier(),
+        critic="shared",
+        max_prompt_length=16,
+        prompt_truncation="left",
+        shuffle=False,
+        **OPTS,
+    )
     metrics = trainer.learn(n_iterations=1).history[-1]
     assert metrics["rollout/prompts_truncated"] == 1.0  # counted for the policy
     assert metrics["rollout/critic_prompts_truncated"] == 1.0  # and for the (shared) critic
@@ -39,8 +52,15 @@ def test_critic_prompt_limit_is_checked_too(make_policy: Any, make_critic_model:
     n_policy = len(policy.tokenizer("Repeat: 7 7 7 7 7 7")["input_ids"])
     with pytest.raises(PromptTooLongError, match="critic tokens"):
         # the critic renders with its own chat template: more tokens than the policy's plain prompt
-        SPPOTrainer(policy, rows, ExactMatchVerifier(), critic=backbone, critic_tokenizer=ctok,
-                    max_prompt_length=n_policy, **OPTS)
+        SPPOTrainer(
+            policy,
+            rows,
+            ExactMatchVerifier(),
+            critic=backbone,
+            critic_tokenizer=ctok,
+            max_prompt_length=n_policy,
+            **OPTS,
+        )
 
 
 def test_empty_dataset(make_policy: Any, tmp_path: Any) -> None:
@@ -74,8 +94,13 @@ def test_reward_outside_unit_interval_with_bernoulli_head(make_policy: Any, copy
     # the Gaussian head accepts real-valued outcomes
     from sppo_rl.llm.config import CriticSpec
 
-    gaussian = SPPOTrainer(make_policy(), copy_rows[:4], score_out_of_range,
-                           critic=CriticSpec(mode="shared", value_head="gaussian"), **OPTS)
+    gaussian = SPPOTrainer(
+        make_policy(),
+        copy_rows[:4],
+        score_out_of_range,
+        critic=CriticSpec(mode="shared", value_head="gaussian"),
+        **OPTS,
+    )
     gaussian.learn(n_iterations=2)
     assert gaussian.history[-1]["rollout/reward_mean"] == 37.5
 
@@ -84,9 +109,17 @@ def test_response_cut_at_max_length_is_counted_and_scored(make_policy: Any, copy
     def contains_seven(prompts: list[str], completions: list[str], **kw: Any) -> list[float]:
         return [float("7" in c) for c in completions]
 
-    trainer = SPPOTrainer(make_policy(), copy_rows[:8], contains_seven, critic="shared", prompts_per_step=8,
-                          micro_batch_size=8, chat_template=False, verbose=0,
-                          generation=GenerationSettings(temperature=1.0, max_new_tokens=3, suppress_eos=True))
+    trainer = SPPOTrainer(
+        make_policy(),
+        copy_rows[:8],
+        contains_seven,
+        critic="shared",
+        prompts_per_step=8,
+        micro_batch_size=8,
+        chat_template=False,
+        verbose=0,
+        generation=GenerationSettings(temperature=1.0, max_new_tokens=3, suppress_eos=True),
+    )
     trainer._seed_everything()
     batch = trainer.collect_rollout()
     assert batch.rollout.truncated.all() and (batch.rollout.response_lengths == 3).all()
@@ -99,8 +132,9 @@ def test_missing_critic_and_bad_settings(make_policy: Any, copy_rows: Any) -> No
     with pytest.raises(ValueError, match="needs a critic"):
         SPPOTrainer(make_policy(), copy_rows, ExactMatchVerifier(), critic=None, **OPTS)
     with pytest.raises(ValueError, match="LoRA policy"):
-        SPPOTrainer(make_policy(lora=None), copy_rows, ExactMatchVerifier(), critic=None, estimator="none",
-                    kl_coef=0.1, **OPTS)
+        SPPOTrainer(
+            make_policy(lora=None), copy_rows, ExactMatchVerifier(), critic=None, estimator="none", kl_coef=0.1, **OPTS
+        )
     with pytest.raises(ValueError, match="Unknown estimator"):
         SPPOTrainer(make_policy(), copy_rows, ExactMatchVerifier(), critic="shared", estimator="ppo2", **OPTS)
     with pytest.raises(ValueError, match="groups"):

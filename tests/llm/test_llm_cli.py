@@ -42,8 +42,19 @@ def test_example_configs_parse() -> None:
 
 def test_tiny_config_trains_saves_resumes_exactly(tmp_path: Path, capsys: Any) -> None:
     """Random-init models and in-process tokenizers from the YAML; a resumed run equals an uninterrupted one."""
-    common = ["--quiet", "--set", "trainer.prompts_per_step=16", "--set", "trainer.mini_batch_size=8",
-              "--set", "trainer.micro_batch_size=8", "--set", "train.save_interval=2", "--set", "eval_data=null"]
+    common = [
+        "--quiet",
+        "--set",
+        "trainer.prompts_per_step=16",
+        "--set",
+        "trainer.mini_batch_size=8",
+        "--set",
+        "trainer.micro_batch_size=8",
+        "--set",
+        "train.save_interval=2",
+        "--set",
+        "eval_data=null",
+    ]
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["train", str(TINY), "--output-dir", str(full), "--set", "train.n_iterations=4", *common]) == 0
     summary = _last_json(capsys.readouterr().out)
@@ -53,8 +64,22 @@ def test_tiny_config_trains_saves_resumes_exactly(tmp_path: Path, capsys: Any) -
 
     assert main(["train", str(TINY), "--output-dir", str(part), "--set", "train.n_iterations=2", *common]) == 0
     capsys.readouterr()
-    assert main(["train", str(TINY), "--output-dir", str(part), "--set", "train.n_iterations=4", "--resume", "auto",
-                 *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(TINY),
+                "--output-dir",
+                str(part),
+                "--set",
+                "train.n_iterations=4",
+                "--resume",
+                "auto",
+                *common,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Resumed from" in out and "at iteration 2" in out
     from safetensors.torch import load_file
@@ -69,8 +94,23 @@ def test_tiny_config_trains_saves_resumes_exactly(tmp_path: Path, capsys: Any) -
     # eval from the checkpoint, twice: same numbers
     results = []
     for _ in range(2):
-        assert main(["eval", str(TINY), "--output-dir", str(full), "--checkpoint", str(full / "final"), "--k", "2",
-                     "--max-prompts", "10"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(TINY),
+                    "--output-dir",
+                    str(full),
+                    "--checkpoint",
+                    str(full / "final"),
+                    "--k",
+                    "2",
+                    "--max-prompts",
+                    "10",
+                ]
+            )
+            == 0
+        )
         results.append(_last_json(capsys.readouterr().out))
     assert results[0] == results[1] and results[0]["k"] == 2 and results[0]["n_prompts"] == 10
     assert 0.0 <= results[0]["avg@k"] <= 1.0
@@ -79,8 +119,26 @@ def test_tiny_config_trains_saves_resumes_exactly(tmp_path: Path, capsys: Any) -
 def test_make_tiny_folder_loads_like_a_hub_model(tmp_path: Path, capsys: Any) -> None:
     policy_dir, critic_dir = tmp_path / "policy", tmp_path / "critic"
     assert main(["make-tiny", "--out", str(policy_dir)]) == 0
-    assert main(["make-tiny", "--out", str(critic_dir), "--model-type", "llama", "--hidden-size", "32",
-                 "--layers", "1", "--vocab-size", "48", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "make-tiny",
+                "--out",
+                str(critic_dir),
+                "--model-type",
+                "llama",
+                "--hidden-size",
+                "32",
+                "--layers",
+                "1",
+                "--vocab-size",
+                "48",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     for d in (policy_dir, critic_dir):
         assert (d / "config.json").exists() and (d / "tokenizer.json").exists()
@@ -112,8 +170,14 @@ train: {{n_iterations: 2, logger: [csv]}}
 
 def test_python_dash_m_entry_point() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-m", "sppo_rl.llm", "--help"], capture_output=True, text=True, env=env,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "sppo_rl.llm", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "train" in out.stdout and "make-tiny" in out.stdout
 

@@ -196,8 +196,9 @@ def test_runner_never_raises_and_counts_failures() -> None:
 
 
 def test_runner_weights_and_make_reward() -> None:
-    runner = RewardRunner([ExactMatchVerifier(), lambda prompts, completions, **kw: [0.25] * len(prompts)],
-                          weights=[1.0, 2.0])
+    runner = RewardRunner(
+        [ExactMatchVerifier(), lambda prompts, completions, **kw: [0.25] * len(prompts)], weights=[1.0, 2.0]
+    )
     out = runner.score(["p"], ["7"], [{"answer": "7"}])
     assert out.rewards == [1.5] and out.success == [True]
     assert isinstance(make_reward("boxed_math"), BoxedMathVerifier)

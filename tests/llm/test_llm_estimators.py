@@ -23,13 +23,19 @@ def parity_reward(prompts: list[str], completions: list[str], **kw: Any) -> list
 
 def _trainer(make_policy: Any, copy_rows: Any, estimator: str, critic: Any = "shared", **kw: Any) -> SPPOTrainer:
     options: dict[str, Any] = {
-        "prompts_per_step": 6, "mini_batch_size": 6, "micro_batch_size": 4, "learning_rate": 1e-3,
-        "critic_learning_rate": 1e-3, "generation": GenerationSettings(temperature=1.0, max_new_tokens=4),
-        "max_prompt_length": 32, "chat_template": False,
+        "prompts_per_step": 6,
+        "mini_batch_size": 6,
+        "micro_batch_size": 4,
+        "learning_rate": 1e-3,
+        "critic_learning_rate": 1e-3,
+        "generation": GenerationSettings(temperature=1.0, max_new_tokens=4),
+        "max_prompt_length": 32,
+        "chat_template": False,
     }
     options.update(kw)
-    return SPPOTrainer(make_policy(), copy_rows[:24], parity_reward, critic=critic, estimator=estimator, verbose=0,
-                       **options)
+    return SPPOTrainer(
+        make_policy(), copy_rows[:24], parity_reward, critic=critic, estimator=estimator, verbose=0, **options
+    )
 
 
 def _assert_broadcast(adv: torch.Tensor, per_seq: torch.Tensor, mask: torch.Tensor) -> None:
@@ -38,8 +44,9 @@ def _assert_broadcast(adv: torch.Tensor, per_seq: torch.Tensor, mask: torch.Tens
     assert (adv[mask == 0] == 0).all()
 
 
-def test_sppo_advantage_is_outcome_minus_sigmoid_of_the_prompt_logit(make_policy: Any, copy_rows: Any,
-                                                                      make_critic_model: Any) -> None:
+def test_sppo_advantage_is_outcome_minus_sigmoid_of_the_prompt_logit(
+    make_policy: Any, copy_rows: Any, make_critic_model: Any
+) -> None:
     backbone, ctok = make_critic_model()
     trainer = _trainer(make_policy, copy_rows, "sppo", critic=backbone, critic_tokenizer=ctok)
     trainer._seed_everything()
@@ -93,8 +100,14 @@ def test_remax_subtracts_the_greedy_samples_reward(make_policy: Any, copy_rows: 
     from sppo_rl.llm.generation import generate_rollout
 
     enc = trainer._encode_policy([trainer._render_policy(trainer.dataset.template.messages(r)) for r in batch.rows])
-    greedy = generate_rollout(trainer.policy.model, trainer.policy.tokenizer, enc, trainer.config.generation,
-                              trainer.policy.eos_token_ids, greedy=True)
+    greedy = generate_rollout(
+        trainer.policy.model,
+        trainer.policy.tokenizer,
+        enc,
+        trainer.config.generation,
+        trainer.policy.eos_token_ids,
+        greedy=True,
+    )
     expected_greedy = torch.tensor(parity_reward([], greedy.texts))
     torch.testing.assert_close(batch.greedy_outcomes, expected_greedy)
     _assert_broadcast(batch.advantages, batch.outcomes - expected_greedy, batch.rollout.response_mask.float())
@@ -133,8 +146,15 @@ def test_gae_needs_the_policys_tokens(make_policy: Any, copy_rows: Any, make_cri
         _trainer(make_policy, copy_rows, "gae", critic=backbone, critic_tokenizer=ctok)
 
 
-def _hand_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps: float,
-               dual: float | None, mode: str) -> torch.Tensor:
+def _hand_loss(
+    logp: torch.Tensor,
+    old: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    eps: float,
+    dual: float | None,
+    mode: str,
+) -> torch.Tensor:
     """The PPO clipped surrogate written out by hand."""
     ratio = torch.exp(logp - old)
     per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps))
@@ -151,8 +171,9 @@ def _hand_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: t
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
 def test_policy_loss_matches_hand_computation_and_micro_batching(make_policy: Any, copy_rows: Any, mode: str) -> None:
-    trainer = _trainer(make_policy, copy_rows, "none", critic=None, loss_agg_mode=mode, micro_batch_size=6,
-                       n_samples_per_prompt=1)
+    trainer = _trainer(
+        make_policy, copy_rows, "none", critic=None, loss_agg_mode=mode, micro_batch_size=6, n_samples_per_prompt=1
+    )
     trainer._seed_everything()
     batch = trainer.collect_rollout()
     mask = batch.rollout.response_mask.float()
@@ -201,12 +222,22 @@ def test_kl_term_uses_the_base_model(make_policy: Any, copy_rows: Any) -> None:
 
 def test_exact_match_reward_drives_the_trainer(make_policy: Any, copy_rows: Any) -> None:
     # sanity: the built-in verifier is wired through the trainer (rewards equal the verifier's)
-    trainer = SPPOTrainer(make_policy(), copy_rows[:16], ExactMatchVerifier(mode="prefix"), critic="shared",
-                          prompts_per_step=8, mini_batch_size=8, micro_batch_size=8, max_prompt_length=32,
-                          chat_template=False, generation=GenerationSettings(temperature=1.0, max_new_tokens=2),
-                          verbose=0)
+    trainer = SPPOTrainer(
+        make_policy(),
+        copy_rows[:16],
+        ExactMatchVerifier(mode="prefix"),
+        critic="shared",
+        prompts_per_step=8,
+        mini_batch_size=8,
+        micro_batch_size=8,
+        max_prompt_length=32,
+        chat_template=False,
+        generation=GenerationSettings(temperature=1.0, max_new_tokens=2),
+        verbose=0,
+    )
     trainer._seed_everything()
     batch = trainer.collect_rollout()
-    expected = [float(t.strip().startswith(row["answer"])) for t, row in zip(batch.rollout.texts, batch.rows,
-                                                                             strict=True)]
+    expected = [
+        float(t.strip().startswith(row["answer"])) for t, row in zip(batch.rollout.texts, batch.rows, strict=True)
+    ]
     assert batch.outcomes.tolist() == expected

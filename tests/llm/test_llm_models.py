@@ -63,12 +63,21 @@ def test_generation_masks_eos_and_truncation(make_policy: Any) -> None:
         assert all(t not in eos for t in tokens[:-1])  # only the last valid token may be an EOS
         assert bool(r.truncated[i]) == (tokens[-1] not in eos) and n <= 6
         assert (r.response_ids[i, n:] == policy.tokenizer.pad_token_id).all()
-    fixed = generate_rollout(policy.model, policy.tokenizer, enc,
-                             GenerationSettings(max_new_tokens=5, suppress_eos=True), policy.eos_token_ids)
+    fixed = generate_rollout(
+        policy.model,
+        policy.tokenizer,
+        enc,
+        GenerationSettings(max_new_tokens=5, suppress_eos=True),
+        policy.eos_token_ids,
+    )
     assert (fixed.response_lengths == 5).all() and fixed.truncated.all()
-    static = generate_rollout(policy.model, policy.tokenizer, enc,
-                              GenerationSettings(max_new_tokens=3, batch_size=5, cache_implementation="dynamic"),
-                              policy.eos_token_ids)
+    static = generate_rollout(
+        policy.model,
+        policy.tokenizer,
+        enc,
+        GenerationSettings(max_new_tokens=3, batch_size=5, cache_implementation="dynamic"),
+        policy.eos_token_ids,
+    )
     assert static.response_ids.shape[0] == enc.input_ids.shape[0]
 
 
@@ -79,9 +88,18 @@ def test_recomputed_logprobs_match_generation_and_full_softmax(make_policy: Any)
 
     torch.manual_seed(1)
     out = policy.model.generate(
-        input_ids=enc.input_ids, attention_mask=enc.attention_mask, return_dict_in_generate=True, output_logits=True,
-        generation_config=GenerationConfig(do_sample=True, temperature=0.7, top_k=0, max_new_tokens=5,
-                                           pad_token_id=policy.tokenizer.pad_token_id, eos_token_id=[-1]),
+        input_ids=enc.input_ids,
+        attention_mask=enc.attention_mask,
+        return_dict_in_generate=True,
+        output_logits=True,
+        generation_config=GenerationConfig(
+            do_sample=True,
+            temperature=0.7,
+            top_k=0,
+            max_new_tokens=5,
+            pad_token_id=policy.tokenizer.pad_token_id,
+            eos_token_id=[-1],
+        ),
     )
     seq = out.sequences
     n_prompt = enc.input_ids.shape[1]
@@ -91,8 +109,9 @@ def test_recomputed_logprobs_match_generation_and_full_softmax(make_policy: Any)
     decoder, head, _ = policy.parts
     resp_mask = torch.ones_like(seq[:, n_prompt:])
     with torch.no_grad():
-        chunked, entropy = sequence_logprobs(decoder, head, seq, mask, n_prompt, resp_mask, 0.7, chunk_size=4,
-                                             with_entropy=True)
+        chunked, entropy = sequence_logprobs(
+            decoder, head, seq, mask, n_prompt, resp_mask, 0.7, chunk_size=4, with_entropy=True
+        )
         full = _full_logprobs(policy.model, seq, mask, n_prompt, 0.7)
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(chunked, gen_lp, atol=1e-4, rtol=1e-4)
@@ -148,9 +167,12 @@ def test_critic_reads_the_last_prompt_token_with_any_padding(make_critic_model: 
     enc = critic.encode(messages)
     with torch.no_grad():
         batched = critic.prompt_outputs(enc.input_ids, enc.attention_mask)
-        alone = torch.stack([
-            critic.prompt_outputs(*(lambda e: (e.input_ids, e.attention_mask))(critic.encode([m])))[0] for m in messages
-        ])
+        alone = torch.stack(
+            [
+                critic.prompt_outputs(*(lambda e: (e.input_ids, e.attention_mask))(critic.encode([m])))[0]
+                for m in messages
+            ]
+        )
         # the same prompts, right-padded: the last non-pad index is read
         ids = [enc.input_ids[i][enc.attention_mask[i].bool()].tolist() for i in range(3)]
         width = max(map(len, ids))
@@ -206,8 +228,9 @@ def test_pad_token_policy(copy_rows: Any) -> None:
     model = build_random_model(dict(TINY_QWEN2), seed=0, tokenizer=no_pad)
     policy = load_policy(model, no_pad)
     enc = encode_prompts(policy.tokenizer, PROMPTS, 64)
-    r = generate_rollout(policy.model, policy.tokenizer, enc, GenerationSettings(max_new_tokens=4),
-                         policy.eos_token_ids)
+    r = generate_rollout(
+        policy.model, policy.tokenizer, enc, GenerationSettings(max_new_tokens=4), policy.eos_token_ids
+    )
     assert r.response_ids.shape[0] == 3
     bare = train_tokenizer(["abc"], vocab_size=30, pad_token=None)
     bare.eos_token = None
@@ -221,8 +244,15 @@ def test_model_specs_mixed_precision_and_checkpointing(copy_rows: Any) -> None:
     from sppo_rl.llm.models import train_mode
 
     texts = [r["question"] for r in copy_rows]
-    spec = ModelSpec(init="random", config=dict(TINY_QWEN2), tokenizer={"train_on": "dataset", "vocab_size": 40},
-                     dtype="bfloat16", device="cpu", gradient_checkpointing=True, lora=None)
+    spec = ModelSpec(
+        init="random",
+        config=dict(TINY_QWEN2),
+        tokenizer={"train_on": "dataset", "vocab_size": 40},
+        dtype="bfloat16",
+        device="cpu",
+        gradient_checkpointing=True,
+        lora=None,
+    )
     full = load_policy(spec, texts=texts)
     assert full.autocast_dtype == torch.bfloat16 and next(full.model.parameters()).dtype == torch.float32
     lora = load_policy(ModelSpec(**{**spec.__dict__, "lora": LoraSettings(r=4, alpha=8)}), texts=texts)
