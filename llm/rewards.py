@@ -313,8 +313,15 @@ class ReasoningGymVerifier(Verifier):
         return VerifierResult(reward, parsed, reward >= self.success_threshold)
 
 
+_RESERVED_COLUMNS = frozenset({"prompt", "prompts", "completion", "completions", "completion_ids"})
+"""Dataset columns not passed as keyword arguments (they would clash with the call's own, as in TRL)."""
+
+
 class FunctionReward(Verifier):
     """Adapts a TRL-style reward function ``fn(prompts, completions, **columns) -> list[float | None]``.
+
+    It is called with one sample at a time (so a failure stays local); prompts and completions are strings, and
+    every dataset column except ``prompt``/``completion`` is passed as a one-element list.
 
     :param fn: the function
     :param name: a label for logs (default: the function's name)
@@ -327,7 +334,8 @@ class FunctionReward(Verifier):
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
 
     def score(self, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
-        out = self.fn(prompts=[prompt], completions=[completion], **{k: [v] for k, v in row.items()})
+        columns = {k: [v] for k, v in row.items() if k not in _RESERVED_COLUMNS}
+        out = self.fn(prompts=[prompt], completions=[completion], **columns)
         if out is None or len(out) != 1:
             raise ValueError(f"Reward function {self.name!r} returned {out!r} for one completion; expected a list of 1")
         value = out[0]

@@ -181,6 +181,12 @@ def test_runner_never_raises_and_counts_failures() -> None:
             return ["not a number"]  # type: ignore[list-item]
         return [0.5]
 
+    def uses_columns(prompts: list[str], completions: list[str], answer: list[str], **kw: Any) -> list[float]:
+        assert "prompt" not in kw and kw["level"] == [3]
+        return [float(completions[0] == answer[0])]
+
+    assert RewardRunner(uses_columns).score(["p"], ["7"], [{"answer": "7", "prompt": "p", "level": 3}]).rewards == [1.0]
+
     runner = RewardRunner(flaky, timeout_s=None)
     out = runner.score(["p"] * 5, ["ok", "boom", "nan", "skip", "text"], [{}] * 5)
     assert out.rewards == [0.5, 0.0, 0.0, 0.0, 0.0]
