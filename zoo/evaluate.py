@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +157,9 @@ def record_gif(
     from PIL import Image
 
     try:
-        env = factory(render_mode="rgb_array", **env_kwargs)
+        with warnings.catch_warnings():  # gymnasium warns before the env itself refuses the render mode
+            warnings.simplefilter("ignore", UserWarning)
+            env = factory(render_mode="rgb_array", **env_kwargs)
     except TypeError as err:
         raise ZooError(f"{factory.env_id} cannot render rgb_array frames: {err}") from err
     vec = _frozen(DummyVecEnv([lambda: env]), vecnormalize_path)
@@ -311,4 +313,4 @@ def _print_summary(summary: dict[str, Any], json_path: Path) -> None:
     print(f"  mean length:  {summary['mean_length']:.1f}")
     if "video" in summary:
         print(f"  video: {summary['video']}")
-    print(f"  JSON: {json_path}", file=sys.stdout)
+    print(f"  JSON: {json_path}")

@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no inter-process lock
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["HEARTBEAT_ATTR", "HeartbeatJournalStorage", "StudyStorage", "heartbeat", "open_storage"]
+__all__ = ["HEARTBEAT_ATTR", "Heartbeat", "HeartbeatJournalStorage", "StudyStorage", "open_storage"]
 
 HEARTBEAT_ATTR = "zoo:heartbeat"
 """System attribute of a running trial in a journal storage: the time of its last heartbeat."""
@@ -182,7 +182,7 @@ def _open_rdb(url: str, heartbeat_interval: int) -> StudyStorage:
     return StudyStorage(storage, lock_path, f"database {url}")
 
 
-class heartbeat(contextlib.AbstractContextManager):
+class Heartbeat(contextlib.AbstractContextManager):
     """Send heartbeats for a running trial from a background thread, while the ``with`` block runs.
 
     :param storage: the study's storage
@@ -204,7 +204,7 @@ class heartbeat(contextlib.AbstractContextManager):
             if self._stop.wait(interval):
                 return
 
-    def __enter__(self) -> heartbeat:
+    def __enter__(self) -> Heartbeat:
         if self._enabled:
             self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self._trial_id}", daemon=True)
             self._thread.start()

@@ -54,7 +54,7 @@ from .evaluate import EpisodeStats, run_episodes
 from .hyperparams import Hyperparams, build_hyperparams, dump_yaml, entry_for, parse_overrides
 from .plots import save_study_plots
 from .search_spaces import SearchContext, SearchSpace, load_search_space
-from .storage import StudyStorage, heartbeat, open_storage
+from .storage import Heartbeat, StudyStorage, open_storage
 from .train import create_model, make_envs
 
 __all__ = [
@@ -273,7 +273,11 @@ class _SeedRun:
         self.eval_env: VecEnv = make_vec(factory, 1, self.eval_seed, hyperparams.env_kwargs)
         if hyperparams.normalize is not None:
             self.eval_env = VecNormalize(self.eval_env, training=False, norm_reward=False)
-        self.model = create_model(spec, hyperparams, self.env, seed, device=settings.device)
+        try:
+            self.model = create_model(spec, hyperparams, self.env, seed, device=settings.device)
+        except Exception:
+            self.close()
+            raise
         # SB3 computes the progress of a learn() call from that call's budget; training in segments would
         # restart lin_ schedules at every segment, so the progress is pinned to the whole budget.
         update = self.model._update_current_progress_remaining
@@ -471,7 +475,7 @@ class _Worker:
                 self.stop.wait(self.poll_seconds)
                 continue
             assert isinstance(trial, optuna.Trial)
-            with heartbeat(self.storage, trial._trial_id):
+            with Heartbeat(self.storage, trial._trial_id):
                 self._run_trial(trial)
 
     def _run_trial(self, trial: optuna.Trial) -> None:

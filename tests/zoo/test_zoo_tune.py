@@ -152,3 +152,27 @@ def test_too_few_trials_for_importances_is_a_message(zoo, fast_tune, tmp_path: P
     assert "param_importances: skipped: parameter importances need at least 2 complete trials" in result.out
     folder = out_dir(tmp_path, "sppo-LineTarget-v0")
     assert (folder / "optimization_history.png").is_file() and not (folder / "param_importances.png").exists()
+
+
+def test_parallel_jobs_respect_the_budget(zoo, fast_tune, tmp_path: Path) -> None:
+    result = zoo(["tune", "--n-trials", "4", "--n-jobs", "2", "--pruner", "none", "--storage", "sqlite:///jobs.db",
+                  *fast_tune])  # fmt: skip
+    assert result.code == 0, result.err
+    trials = optuna.load_study(study_name="sppo-LineTarget-v0", storage="sqlite:///jobs.db").trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_postgresql_without_its_driver_is_one_line(zoo) -> None:
+    pytest.importorskip("sqlalchemy")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("psycopg2 is installed")
+    result = zoo(["tune", "--algo", "sppo", "--env", "LineTarget-v0", "--storage", "postgresql://u:p@localhost/db"])
+    assert result.code == 2
+    assert result.err.strip() == (
+        "sppo-zoo: error: --storage 'postgresql://u:p@localhost/db' needs psycopg2 (pip install psycopg2-binary), "
+        "which is not installed"
+    )
