@@ -190,7 +190,8 @@ class ObjectiveSpec:
 
 
 def make_sampler(name: str, n_startup_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
-    """``tpe`` (multivariate TPE, random for the first ``n_startup_trials``) or ``random``.
+    """``tpe`` (multivariate TPE with the constant liar for parallel trials, random for the first
+    ``n_startup_trials``) or ``random``.
 
     :param name: the sampler name
     :param n_startup_trials: random trials before TPE models the results
@@ -201,7 +202,9 @@ def make_sampler(name: str, n_startup_trials: int, seed: int | None) -> optuna.s
     if name == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=seed, multivariate=True)
+            return optuna.samplers.TPESampler(
+                n_startup_trials=n_startup_trials, seed=seed, multivariate=True, constant_liar=True
+            )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ZooError(f"Unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
@@ -660,8 +663,8 @@ def _write_outputs(
         entry = dict(best.user_attrs.get("hyperparams", {}))
         comment = (
             f"tuned with: {command}\n"
-            f"study {study.study_name!r} ({storage.description}), trial {best.number} of "
-            f"{len(study.trials)}: value {best.value:.4g}\n"
+            f"study {study.study_name!r} ({storage.description}): best of {len(study.trials)} trials is trial "
+            f"{best.number}, value {best.value:.4g}\n"
             f"objective: {objective.describe()}\n"
             f"hyperparameters started from {source}"
         )

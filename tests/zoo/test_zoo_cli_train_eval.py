@@ -104,3 +104,11 @@ def test_python_dash_m_entry_point(subprocesses, tmp_path: Path) -> None:
     result = subprocesses.run(["--help"], cwd=tmp_path)
     assert result.returncode == 0
     assert all(command in result.stdout for command in ("train", "eval", "tune"))
+
+
+def test_subprocess_vector_env(zoo, fast_train, tmp_path: Path) -> None:
+    argv = ["train", "--algo", "sppo", "--env", "LineTarget-v0", "-n", "100", "--eval-freq", "-1", "--vec-env",
+            "subproc", *fast_train, "n_envs:2"]  # fmt: skip
+    result = zoo(argv)
+    assert result.code == 0, result.err
+    assert (tmp_path / "logs" / "sppo" / "LineTarget-v0_1" / "1.monitor.csv").is_file()

@@ -1,4 +1,4 @@
-"""Every entry of the shipped hyperparameter files trains (one rollout) and saves (slow: the whole suite)."""
+"""Every entry of the shipped hyperparameter files trains (one rollout) and saves (about 25 s in all)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ ENTRIES = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("algo", "env_id"), ENTRIES)
 def test_entry_trains_one_rollout(zoo, tmp_path: Path, algo: str, env_id: str) -> None:
     if "Hopper" in env_id and importlib.util.find_spec("mujoco") is None:
