@@ -135,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video", action="store_true", help="also record a GIF (Pillow)")
     evaluate.add_argument("--video-length", type=int, default=300, help="steps in the GIF (default: 300)")
     evaluate.add_argument("--video-path", default=None, help="GIF file (default: <run>/videos/<env>_<model>.gif)")
+
+    suite = commands.add_parser(
+        "suite",
+        help="the paper's control protocol: expert -> behaviour cloning -> SPPO vs PPO",
+        description="Run the three-stage protocol of zoo/suite.yml for one sparse task and write its results.",
+    )
+    suite.add_argument("--env", dest="env_id", required=True, help="sparse task id, e.g. SparsePrecisionCartPole-v0")
+    suite.add_argument(
+        "--algos", nargs="+", default=["sppo", "ppo", "ppo-sb3"], help="stage-3 algorithms (default: all three)"
+    )
+    suite.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    suite.add_argument("--jobs", type=int, default=1, help="parallel processes for stage 3 (default: 1)")
+    suite.add_argument("--episodes", type=int, default=None, help="episode budget per run (default: suite.yml)")
+    suite.add_argument("--window", type=int, default=None, help="episodes per curve point (default: suite.yml)")
+    suite.add_argument("--out", dest="out_dir", default="logs/suite", help="results folder (default: logs/suite)")
+    suite.add_argument("--expert-cache", default=None, help="expert cache (default: ~/.cache/sppo-rl/experts)")
+    suite.add_argument("--start-policy", default=None, help="start policy file (default: the committed one)")
+    suite.add_argument("--rebuild-start", action="store_true", help="rerun stages 1 and 2, overwrite the start")
+    suite.add_argument("--config", dest="suite_config", default=None, help="settings file (default: zoo/suite.yml)")
     return parser
 
 
@@ -155,6 +174,14 @@ def _run(args: argparse.Namespace, command: str) -> int:
         from .tune import tune
 
         tune(_tune_settings(values, command))
+        return 0
+    if args.zoo_command == "suite":
+        from .control_suite import DEFAULT_EXPERT_CACHE, SuiteSettings, run_suite
+
+        names = SuiteSettings.__dataclass_fields__
+        settings_suite = SuiteSettings(**{k: v for k, v in values.items() if k in names and v is not None})
+        settings_suite.expert_cache = values.get("expert_cache") or DEFAULT_EXPERT_CACHE
+        run_suite(settings_suite)
         return 0
     if args.zoo_command == "train":
         from .train import settings_from_args, train
