@@ -1,74 +1,103 @@
-"""The main job of the README: a real SPPO training run with a visible result.
+"""The main job of the README: the paper's control protocol, end to end, on Precision CartPole.
 
-``python -m sppo_rl.demo`` trains SPPO on CartPole-v1 (outcome = the episode's return, Gaussian value head
-chosen automatically), prints progress while it learns, and evaluates the policy before and after.
+``python -m sppo_rl.demo`` runs the three stages of :mod:`sppo_rl.zoo.protocol` on ``SparsePrecisionCartPole-v0``
+(reward 0 at every step; outcome 1 only if the pole is within 0.5 degrees of upright after 200 steps):
 
-Options: ``--env``, ``--timesteps``, ``--n-envs``, ``--seed``, ``--eval-episodes``.
+1. an expert (SB3 PPO) trained on the dense counterpart (cached under ``~/.cache/sppo-rl/experts``);
+2. behaviour cloning of its successful episodes into the actor, giving a start policy that succeeds sometimes;
+3. SPPO on the binary outcome alone, printing the success rate after every update,
+
+and prints the success rate of the start policy and of the SPPO policy on the same held-out episodes.
+
+Options: ``--env`` (a task of ``zoo/suite.yml``), ``--episodes``, ``--seed``, ``--eval-episodes``.
+Needs the ``zoo`` extra (``pip install "sppo-rl[zoo]"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-from sppo_rl import SPPO
+from sppo_rl.zoo import protocol
+from sppo_rl.zoo.control_suite import DEFAULT_EXPERT_CACHE, prepare_start_policy
 
 
 class ProgressPrinter(BaseCallback):
-    """Print one line per rollout: steps, episodes, mean return and success rate of recent episodes."""
+    """Print one line per update: episodes so far and the success rate of the update's episodes.
 
-    def __init__(self, start_time: float) -> None:
+    :param recorder: the callback that records each episode's outcome
+    :param start_time: ``time.perf_counter()`` at the start of training
+    :param every: print every ``every`` updates
+    """
+
+    def __init__(self, recorder: protocol.SuccessRecorder, start_time: float, every: int = 4) -> None:
         super().__init__()
+        self.recorder = recorder
         self.start_time = start_time
+        self.every = every
+        self._printed = 0
+        self._updates = 0
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        model = self.model
-        returns = [info["r"] for info in model.ep_info_buffer]
-        success = list(model.ep_success_buffer)
-        line = (
-            f"steps {model.num_timesteps:>7d} | episodes {model.num_episodes:>5d} | "
-            f"mean return (last 100) {np.mean(returns) if returns else float('nan'):7.1f}"
-        )
-        if success:
-            line += f" | success rate {np.mean(success):.2f}"
-        print(line + f" | {time.time() - self.start_time:5.1f}s", flush=True)
-
-
-def _evaluate(model: SPPO, env_id: str, episodes: int, seed: int) -> tuple[float, float]:
-    env = make_vec_env(env_id, n_envs=1, seed=seed)
-    mean, std = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True)
-    return float(mean), float(std)
+        self._updates += 1
+        if self._updates % self.every:
+            return
+        new = self.recorder.successes[self._printed :]
+        self._printed = len(self.recorder.successes)
+        if new:
+            print(
+                f"  episodes {len(self.recorder.successes):>5d} | success rate of the last {len(new):>3d} episodes "
+                f"{np.mean(new):.2f} | {time.perf_counter() - self.start_time:5.1f}s",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the demo.
+
+    :param argv: command-line arguments (default: ``sys.argv[1:]``)
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("--timesteps", type=int, default=100_000)
-    parser.add_argument("--n-envs", type=int, default=4)
+    parser.add_argument("--env", default="SparsePrecisionCartPole-v0", help="a task of zoo/suite.yml")
+    parser.add_argument("--episodes", type=int, default=None, help="SPPO training episodes (default: suite.yml)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--eval-episodes", type=int, default=200, help="held-out episodes before and after")
     args = parser.parse_args(argv)
 
-    print(f"SPPO (Sequence-Level PPO) on {args.env}: {args.timesteps} steps, {args.n_envs} envs, seed {args.seed}")
-    env = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed)
-    model = SPPO("MlpPolicy", env, n_steps=512, seed=args.seed, verbose=0)
-    before, _ = _evaluate(model, args.env, args.eval_episodes, seed=10_000)
-    print(f"before training: mean return {before:.1f} over {args.eval_episodes} episodes")
-    start = time.time()
-    model.learn(args.timesteps, callback=ProgressPrinter(start))
-    print(f"value head chosen: {model.value_head} (outcome: {model.outcome_source})")
-    after, std = _evaluate(model, args.env, args.eval_episodes, seed=10_000)
+    config = protocol.load_task_config(args.env)
+    episodes = int(args.episodes or config.rl["episodes"])
+    config.rl["episodes"] = episodes
+    print(f"SPPO on {args.env}: the paper's protocol (expert -> behaviour cloning -> SPPO on the binary outcome)")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        actor, _ = prepare_start_policy(config, Path(tmp) / "start.pt", DEFAULT_EXPERT_CACHE, rebuild=True)
+    print(f"Stages 1-2 took {time.perf_counter() - t0:.0f}s")
+
+    eval_env = protocol.make_rl_env(config, seed=123_456)  # the same held-out episodes before and after
+    train_env = protocol.make_rl_env(config, seed=args.seed)
+    model = protocol.build_rl_model("sppo", config, train_env, seed=args.seed)
+    protocol.load_actor(model, actor)
+    before = protocol.evaluate_success(model.policy, eval_env, args.eval_episodes)
+    print(f"Start policy: success rate {before:.2f} on {args.eval_episodes} held-out episodes (stochastic actions)")
+
+    print(f"Stage 3: SPPO for {episodes} episodes ({config.rl['episodes_per_update']} per update)")
+    recorder = protocol.SuccessRecorder(max_episodes=episodes)
+    start = time.perf_counter()
+    model.learn(10**12, callback=CallbackList([recorder, ProgressPrinter(recorder, start)]))
+    eval_env = protocol.make_rl_env(config, seed=123_456)
+    after = protocol.evaluate_success(model.policy, eval_env, args.eval_episodes)
     print(
-        f"after training:  mean return {after:.1f} +/- {std:.1f} over {args.eval_episodes} episodes "
-        f"({time.time() - start:.0f}s of training)"
+        f"After SPPO:   success rate {after:.2f} on the same {args.eval_episodes} held-out episodes "
+        f"(start {before:.2f}; {time.perf_counter() - start:.0f}s of SPPO, {model.num_timesteps} steps; "
+        f"value head: {model.value_head})"
     )
 
 

@@ -1,0 +1,65 @@
+"""The five-task control reproduction (expert -> behaviour cloning -> SPPO vs PPO), or its report.
+
+Runs ``sppo-zoo suite`` (:func:`sppo_rl.zoo.control_suite.run_suite`) for each task of the paper's control
+suite with three seeds and all three stage-3 algorithms, then prints one Markdown table per task and writes
+``<out>/control_suite.json`` (all summaries) and ``<out>/<task>.png`` (the success curves).
+
+    python benchmarks/control_suite.py --jobs 2                     # everything (about 2 h on 2 cores)
+    python benchmarks/control_suite.py --tasks SparseMountainCar-v0 --jobs 16
+    python benchmarks/control_suite.py --report-only                # tables from finished runs
+
+The runs are independent: on a machine with more cores, raise ``--jobs`` (one torch thread per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from sppo_rl.zoo.control_suite import SuiteSettings, format_table, run_suite
+
+TASKS = (
+    "SparsePrecisionCartPole-v0",
+    "SparseMountainCar-v0",
+    "SparseHopper-v0",
+    "SparseLunarLander-v0",
+    "SparsePendulum-v0",
+)
+
+
+def main() -> None:
+    """Run the selected tasks (or only report on finished runs) and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--algos", nargs="+", default=["sppo", "ppo", "ppo-sb3"])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--runs", default="benchmarks/out/control_suite", help="per-task run folders")
+    parser.add_argument("--out", default="docs/results/control_suite", help="combined JSON and PNGs")
+    parser.add_argument("--report-only", action="store_true", help="only read finished runs")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {}
+    for task in args.tasks:
+        summary_path = Path(args.runs) / task / "summary.json"
+        if not args.report_only:
+            run_suite(SuiteSettings(task, args.algos, args.seeds, args.runs, jobs=args.jobs))
+        if not summary_path.exists():
+            print(f"{task}: no finished run in {summary_path.parent}")
+            continue
+        summaries[task] = json.loads(summary_path.read_text())
+        shutil.copyfile(summary_path.parent / "success.png", out / f"{task}.png")
+    for task, summary in summaries.items():
+        minutes = summary["wall_clock_seconds"] / 60
+        print(f"\n### {task}: {summary['episodes']} episodes per run, {minutes:.1f} min wall-clock, jobs {summary['jobs']}")
+        print(format_table(summary["rows"]))
+    (out / "control_suite.json").write_text(json.dumps(summaries, indent=1, default=str))
+    print(f"\nWrote {out / 'control_suite.json'} and the PNGs in {out}")
+
+
+if __name__ == "__main__":
+    main()
