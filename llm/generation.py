@@ -227,7 +227,7 @@ def generate_rollout(
     :param tokenizer: its tokenizer
     :param prompts: ``(B, P)`` encoded prompts
     :param settings: temperature, top-p, top-k, ``max_new_tokens``, ``suppress_eos``, ``cache_implementation``,
-        ``batch_size``
+        ``batch_size``, ``engine`` (``"static"``: :func:`~sppo_rl.llm.decoding.static_generate`)
     :param eos_token_ids: the tokens that end a response
     :param greedy: argmax decoding (ReMax's baseline sample)
     :param max_new_tokens: overrides ``settings.max_new_tokens``
@@ -245,6 +245,11 @@ def generate_rollout(
         nonpad = mask.any(0).nonzero()
         p0 = int(nonpad[0, 0]) if len(nonpad) else 0
         ids, mask = ids[:, p0:], mask[:, p0:]
+        if settings.engine == "static":
+            from .decoding import static_generate
+
+            pieces.append(static_generate(model, ids, mask, settings, eos_token_ids, pad_id, greedy, limit))
+            continue
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         sequences = out if isinstance(out, Tensor) else out.sequences
         pieces.append(sequences[:, ids.shape[1] :])
