@@ -5,6 +5,7 @@
     sppo-llm train examples/llm/tiny_cpu.yml [--set trainer.learning_rate=3e-3 ...] [--resume DIR|auto]
     sppo-llm eval  examples/llm/tiny_cpu.yml --checkpoint runs/tiny_cpu/final [--k 8] [--data FILE]
     sppo-llm make-tiny --out models/tiny [--vocab-size 64] [--model-type qwen2|llama]
+    sppo-llm export examples/llm/tiny_cpu.yml --checkpoint runs/tiny_cpu/final --out models/tiny-trained
 
 The same commands run as ``python -m sppo_rl.llm ...``.
 """
@@ -117,6 +118,20 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .builder import build_trainer
+    from .models import resolve_dtype
+
+    cfg = _load_config(args)
+    trainer = build_trainer(cfg, checkpoint=args.checkpoint, verbose=0)
+    if args.checkpoint:
+        trainer.load_checkpoint(args.checkpoint)
+    dtype = resolve_dtype(args.dtype) if args.dtype else None
+    out = trainer.policy.save_pretrained(args.out, merge_adapter=not args.adapter_only, dtype=dtype)
+    print(json.dumps({"out": out, "checkpoint": args.checkpoint, "merged": not args.adapter_only}), flush=True)
+    return 0
+
+
 def _make_tiny(args: argparse.Namespace) -> int:
     from .tiny import TINY_QWEN2, make_tiny
 
@@ -156,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output-dir", help="override output_dir")
     ev.add_argument("--out", help="write the result JSON here")
     ev.set_defaults(func=_eval)
+
+    export = sub.add_parser(
+        "export", help="save the (trained) policy as a plain transformers model folder, LoRA merged (GGUF bases too)"
+    )
+    export.add_argument("config", help="YAML run config")
+    export.add_argument("--checkpoint", help="checkpoint folder (default: the untrained policy)")
+    export.add_argument("--out", required=True, help="destination folder")
+    export.add_argument("--dtype", help="cast the saved weights (bfloat16, float16, float32)")
+    export.add_argument("--adapter-only", action="store_true", help="save only the LoRA adapter (peft format)")
+    export.add_argument("--set", action="append", metavar="KEY=VALUE")
+    export.add_argument("--output-dir", help="override output_dir")
+    export.set_defaults(func=_export)
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random-init model + in-process tokenizer to a folder")
     tiny.add_argument("--out", required=True)

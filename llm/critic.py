@@ -20,7 +20,6 @@ Two kinds:
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -39,6 +38,7 @@ from .models import (
     disable_attention_dropout,
     enable_activation_checkpointing,
     ensure_pad_token,
+    load_pretrained_model,
     load_tokenizer,
     make_lora_config,
     resolve_device,
@@ -312,7 +312,7 @@ def load_critic(
     m = spec.model
     device = resolve_device(m.device)
     dtype, autocast_dtype = weight_and_compute_dtype(resolve_dtype(m.dtype, device), m.lora is None)
-    tok = load_tokenizer(tokenizer if tokenizer is not None else m.tokenizer, m.path, texts)
+    tok = load_tokenizer(tokenizer if tokenizer is not None else m.tokenizer, m.path, texts, m.gguf_file)
     ensure_pad_token(tok, "critic")
     if m.init == "random":
         from .tiny import build_random_model
@@ -323,14 +323,7 @@ def load_critic(
     else:
         if m.path is None:
             raise ValueError("critic.model.path is required for a separate critic (a local model folder)")
-        from transformers import AutoModel
-
-        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
-        if m.attn_implementation:
-            kwargs["attn_implementation"] = m.attn_implementation
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            backbone = AutoModel.from_pretrained(m.path, **kwargs)
+        backbone = load_pretrained_model(m, dtype, causal_lm=False)
     backbone = backbone.to(device)
     if m.lora is not None:
         from peft import get_peft_model
