@@ -536,6 +536,7 @@ class SPPOTrainer:
                         weights.append(float(weight))
                     norms.append(self._clip(self.critic_params, cfg.critic_max_grad_norm))
                     self.critic_optimizer.step()
+        self.critic_optimizer.zero_grad(set_to_none=True)  # no gradients held through the rest of the iteration
         total_w = sum(weights) or 1.0
         return {
             "train/value_loss": sum(x * w for x, w in zip(losses, weights, strict=True)) / total_w,
@@ -624,6 +625,7 @@ class SPPOTrainer:
     def train_iteration(self) -> dict[str, float]:
         """Run one full iteration (rollout, critic update, policy update) and return its metrics."""
         self._seed_everything()
+        self.policy_optimizer.zero_grad(set_to_none=True)  # the last update's gradients are not kept through a rollout
         reset_peak_memory()
         t0 = time.perf_counter()
         batch = self.collect_rollout()

@@ -158,6 +158,20 @@ def test_trainer_iteration_with_static_engine(make_policy: Any, copy_rows: Any) 
     )
     m = trainer.train_iteration()
     assert m["rollout/response_length_mean"] <= 6 and m["time/generation_s"] > 0
+    # no gradient is held through the next rollout (the critic's are freed after its update, the policy's when the
+    # next iteration starts; they stay readable after train_policy)
+    assert all(p.grad is None for p in trainer.critic_params)
+    assert any(p.grad is not None for p in trainer.policy_params)
+    collect = trainer.collect_rollout
+    seen: list[bool] = []
+
+    def checked_collect() -> Any:
+        seen.append(all(p.grad is None for p in trainer.policy_params + trainer.critic_params))
+        return collect()
+
+    trainer.collect_rollout = checked_collect  # type: ignore[method-assign]
+    trainer.train_iteration()
+    assert seen == [True]
 
 
 def test_engine_is_validated() -> None:
