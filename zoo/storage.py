@@ -162,6 +162,22 @@ _DRIVERS = {
 }
 
 
+def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int) -> RDBStorage:
+    """``RDBStorage(...)``, retried when another process creates the same schema at the same moment.
+
+    Two processes that open a new database together can both try ``CREATE TABLE``; the loser gets "table ...
+    already exists". By then the schema exists, so opening again succeeds.
+    """
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval)
+        except Exception as err:  # sqlalchemy's OperationalError / ProgrammingError, depending on the backend
+            if "already exists" not in str(err) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _open_rdb(url: str, heartbeat_interval: int) -> StudyStorage:
     engine_kwargs: dict[str, Any] = {}
     lock_path = None
@@ -172,7 +188,7 @@ def _open_rdb(url: str, heartbeat_interval: int) -> StudyStorage:
             lock_path = Path(f"{path}.zoo-lock")
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for other processes' writes
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval)
+        storage = _create_rdb_storage(url, engine_kwargs, heartbeat_interval)
     except ImportError as err:  # Optuna re-raises a missing database driver as a plain ImportError
         scheme = url.split("://", 1)[0]
         driver = _DRIVERS.get(scheme) or _DRIVERS.get(scheme.split("+", 1)[0], "the database driver of that URL")
