@@ -2,7 +2,8 @@
 
 Runs ``sppo-zoo suite`` (:func:`sppo_rl.zoo.control_suite.run_suite`) for each task of the paper's control
 suite with three seeds and all three stage-3 algorithms, then prints one Markdown table per task and writes
-``<out>/control_suite.json`` (all summaries) and ``<out>/<task>.png`` (the success curves).
+``<out>/control_suite.json`` (all summaries), ``<out>/<task>.png`` (the success curves) and
+``<out>/<task>.curves.json`` (the outcome of every training episode of every run).
 
     python benchmarks/control_suite.py --jobs 2                     # everything (about 2 h on 2 cores)
     python benchmarks/control_suite.py --tasks SparseMountainCar-v0 --jobs 16
@@ -53,9 +54,11 @@ def main() -> None:
             continue
         summaries[task] = json.loads(summary_path.read_text())
         shutil.copyfile(summary_path.parent / "success.png", out / f"{task}.png")
+        shutil.copyfile(summary_path.parent / "curves.json", out / f"{task}.curves.json")
     for task, summary in summaries.items():
         minutes = summary["wall_clock_seconds"] / 60
-        print(f"\n### {task}: {summary['episodes']} episodes per run, {minutes:.1f} min wall-clock, jobs {summary['jobs']}")
+        head = f"{summary['episodes']} episodes per run, {minutes:.1f} min wall-clock, jobs {summary['jobs']}"
+        print(f"\n### {task}: {head}")
         print(format_table(summary["rows"]))
     (out / "control_suite.json").write_text(json.dumps(summaries, indent=1, default=str))
     print(f"\nWrote {out / 'control_suite.json'} and the PNGs in {out}")
