@@ -107,16 +107,8 @@ class StudyStorage:
     @contextlib.contextmanager
     def budget_lock(self) -> Iterator[None]:
         """Hold the lock that makes "count the trials, then ask for one" atomic across threads and processes."""
-        with self._thread_lock:
-            if self.lock_path is None or fcntl is None:
-                yield
-                return
-            with open(self.lock_path, "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+        with self._thread_lock, _file_lock(self.lock_path):
+            yield
 
     def heartbeat_enabled(self) -> bool:
         """Whether running trials send heartbeats (so trials of dead processes are detected)."""
@@ -165,17 +157,28 @@ _DRIVERS = {
 def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int) -> RDBStorage:
     """``RDBStorage(...)``, retried when another process creates the same schema at the same moment.
 
-    Two processes that open a new database together can both try ``CREATE TABLE``; the loser gets "table ...
-    already exists". By then the schema exists, so opening again succeeds.
+    Two processes that open a new database together can both try to create the schema; the loser gets "table ...
+    already exists" or a unique-constraint error on Optuna's ``alembic_version`` row. By then the schema exists,
+    so opening again succeeds. (For SQLite files :func:`_open_rdb` also serializes the opening with a lock file.)
     """
     for attempt in range(5):
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval)
-        except Exception as err:  # sqlalchemy's OperationalError / ProgrammingError, depending on the backend
-            if "already exists" not in str(err) or attempt == 4:
+        except Exception as err:  # sqlalchemy's OperationalError / ProgrammingError / IntegrityError
+            if not _is_schema_race(err) or attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _is_schema_race(err: Exception) -> bool:
+    """Whether ``err`` is what the loser of two concurrent schema creations sees."""
+    text = str(err)
+    return (
+        "already exists" in text
+        or ("UNIQUE constraint failed" in text and "alembic_version" in text)
+        or (type(err).__name__ == "IntegrityError" and "alembic_version" in text)
+    )
 
 
 def _open_rdb(url: str, heartbeat_interval: int) -> StudyStorage:
@@ -188,7 +191,8 @@ def _open_rdb(url: str, heartbeat_interval: int) -> StudyStorage:
             lock_path = Path(f"{path}.zoo-lock")
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for other processes' writes
     try:
-        storage = _create_rdb_storage(url, engine_kwargs, heartbeat_interval)
+        with _file_lock(lock_path):  # one process at a time creates the schema of a new SQLite file
+            storage = _create_rdb_storage(url, engine_kwargs, heartbeat_interval)
     except ImportError as err:  # Optuna re-raises a missing database driver as a plain ImportError
         scheme = url.split("://", 1)[0]
         driver = _DRIVERS.get(scheme) or _DRIVERS.get(scheme.split("+", 1)[0], "the database driver of that URL")
@@ -196,6 +200,20 @@ def _open_rdb(url: str, heartbeat_interval: int) -> StudyStorage:
     except Exception as err:  # sqlalchemy's errors: bad URL, unreachable server, wrong password...
         raise ZooError(f"--storage {url!r}: cannot open it ({type(err).__name__}: {err})") from err
     return StudyStorage(storage, lock_path, f"database {url}")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (nothing when ``path`` is ``None`` or on Windows)."""
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Heartbeat(contextlib.AbstractContextManager):
