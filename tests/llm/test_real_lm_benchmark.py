@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("matplotlib")
 
-from tests.llm.test_llm_gguf import write_tiny_gguf  # noqa: E402
+from tests.llm.test_llm_gguf import write_tiny_gguf
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -82,7 +82,8 @@ def test_a_whole_run_on_a_tiny_gguf_model(real_lm: Any, tmp_path: Path) -> None:
             "--budget-minutes", "0.02", "--eval-every", "0.5", "--eval-size", "8", "--eval-batch", "8",
             "--gen-batch", "4", "--train-size", "40", "--prompts-per-step", "2", "--grpo-samples", "2",
             "--micro-batch", "4", "--max-new-tokens", "3", "--eval-sampled-k", "2", "--calib-samples", "2",
-            "--lora-r", "2", "--lora-layers", "1", "--critic-layers", "1", "--no-warmup", "--out", str(out)]  # fmt: skip
+            "--lora-r", "2", "--lora-layers", "1", "--critic-layers", "1", "--no-warmup",
+            "--out", str(out)]  # fmt: skip
     assert real_lm.main(argv) == 0
     data = json.loads((out / "real_lm.json").read_text())
     assert (out / "real_lm.png").stat().st_size > 1000

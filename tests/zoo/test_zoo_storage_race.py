@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from sppo_rl.zoo.storage import _is_schema_race, open_storage  # noqa: E402
+from sppo_rl.zoo.storage import _is_schema_race, open_storage
 
 
 def _open_and_count(url: str, barrier: mp.synchronize.Barrier, queue: mp.Queue) -> None:  # type: ignore[name-defined]
