@@ -627,30 +627,42 @@ def plot(runs: dict[str, dict[str, Any]], base: dict[str, Any], path: str, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     colours = {"sppo": "tab:blue", "grpo": "tab:orange"}
     for name, r in runs.items():
         label = f"{name.upper()} (N = {r['samples_per_prompt']})"
-        xs = [c["train_s"] / 60 for c in r["curve"]]
-        ys = [100 * c["accuracy"] for c in r["curve"]]
-        axes[0].plot(xs, ys, marker="o", ms=3, color=colours.get(name), label=label)
-        if r["curve"][0].get("sampled_accuracy") is not None:
-            sampled = [100 * c["sampled_accuracy"] for c in r["curve"]]
-            axes[0].plot(xs, sampled, ls=":", color=colours.get(name), label=f"{name.upper()} sampled (T, avg@k)")
-        axes[1].plot(
-            [c["tokens"] / 1e6 for c in r["curve"]], ys, marker="o", ms=3, color=colours.get(name), label=label
-        )
-    xlabels = ["training wall-clock (min, evaluation excluded)", "generated tokens (millions)"]
+        for ax, key, scale in ((axes[0], "train_s", 60), (axes[1], "tokens", 1000)):
+            xs = [c[key] / scale for c in r["curve"]]
+            ys = [100 * c["accuracy"] for c in r["curve"]]
+            ax.plot(xs, ys, marker="o", ms=3, color=colours.get(name), label=f"{label} greedy")
+            if r["curve"][0].get("sampled_accuracy") is not None:
+                sampled = [100 * c["sampled_accuracy"] for c in r["curve"]]
+                ax.plot(xs, sampled, marker="s", ms=3, ls=":", color=colours.get(name), label=f"{label} Average@k, T")
+    xlabels = ["training wall-clock (min, evaluation excluded)", "generated tokens (thousands)"]
     for ax, xlabel in zip(axes, xlabels, strict=True):
-        ax.axhline(100 * base["accuracy"], color="grey", ls="--", lw=1, label="base model")
+        ax.axhline(100 * base["accuracy"], color="grey", ls="--", lw=1, label="base model, greedy")
+        if base.get("sampled_accuracy") is not None:
+            ax.axhline(100 * base["sampled_accuracy"], color="grey", ls=":", lw=1, label="base model, Average@k")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+    axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_title(result: dict[str, Any]) -> str:
+    """The figure's title, from a run's record (``real_lm.json``)."""
+    settings, hw = result["settings"], result["hardware"]
+    k = settings.get("eval_sampled_k")
+    machine = hw.get("gpu") or f"{hw.get('cpu_threads')} CPU threads"
+    return (
+        f"SmolLM2-135M-Instruct, arithmetic, {result['task']['eval_size']} held-out prompts (greedy; Average@{k} at "
+        f"T = {settings['temperature']}), {settings['prompts_per_step']} prompts/step, "
+        f"{machine}"
+    )
 
 
 def hardware(device: torch.device) -> dict[str, Any]:
@@ -888,6 +900,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
         print(report(args.report))
+        if args.out:  # re-draw the figure from the saved JSON
+            with open(args.report, encoding="utf-8") as f:
+                data = json.load(f)
+            plot(data["runs"], data["base"], os.path.join(args.out, "real_lm.png"), plot_title(data))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -982,11 +998,7 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "real_lm.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1, default=str)
-        title = (
-            f"SmolLM2-135M-Instruct, arithmetic (held-out {len(eval_rows)}), {args.prompts_per_step} prompts/step, "
-            f"{hardware(device).get('gpu', 'CPU')}"
-        )
-        plot(runs, base_eval, os.path.join(args.out, "real_lm.png"), title)
+        plot(runs, base_eval, os.path.join(args.out, "real_lm.png"), plot_title(result))
         print(f"wrote {args.out}/real_lm.json and real_lm.png", flush=True)
     return 0
 
