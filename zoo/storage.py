@@ -174,11 +174,7 @@ def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any], heartbeat_inter
 def _is_schema_race(err: Exception) -> bool:
     """Whether ``err`` is what the loser of two concurrent schema creations sees."""
     text = str(err)
-    return (
-        "already exists" in text
-        or ("UNIQUE constraint failed" in text and "alembic_version" in text)
-        or (type(err).__name__ == "IntegrityError" and "alembic_version" in text)
-    )
+    return "already exists" in text or (type(err).__name__ == "IntegrityError" and "alembic_version" in text)
 
 
 def _open_rdb(url: str, heartbeat_interval: int) -> StudyStorage:
