@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sppo_rl.llm.config import GenerationSettings, LoraSettings
     from sppo_rl.llm.critic import LMCritic
     from sppo_rl.llm.models import enable_activation_checkpointing, load_policy
-    from sppo_rl.llm.tiny import train_tokenizer
+    from sppo_rl.llm.tokenizer_training import train_tokenizer
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)

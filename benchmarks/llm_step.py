@@ -156,7 +156,7 @@ def environment(run: Run) -> dict[str, Any]:
 
 
 def tokenizers(n_rows: int = 200) -> tuple[Any, Any, list[str]]:
-    from sppo_rl.llm.tiny import train_tokenizer
+    from sppo_rl.llm.tokenizer_training import train_tokenizer
 
     rng = random.Random(0)
     corpus = [" ".join(rng.choice(WORDS) for _ in range(30)) for _ in range(n_rows)]
@@ -297,40 +297,38 @@ def same_tokens(a: Any, b: Any) -> bool:
 
 def decode_case(
     run: Run,
-    model: Any,
-    tok: Any,
-    eos: list[int],
+    engine: Any,
     batch: int,
-    settings: Any,
     n_steps: int,
     label: str,
     bw: float | None,
     single: bool = False,
 ) -> dict[str, Any]:
-    """Milliseconds per decode step: (T(n) - T(1)) / (n - 1) after a warm-up call of n tokens.
+    """Milliseconds per decode step of a generation engine: (T(n) - T(1)) / (n - 1) after a warm-up call of n tokens.
 
     With ``single`` (a compiled step, which would recompile for each call) only one call is made and the step
-    time is the mean CUDA-graph replay time. The static engine also reports its replay time per step.
+    time is the mean CUDA-graph replay time. The static engine also reports its replay time per step. The bytes
+    a step reads are those of the model the engine samples from (the merged copy with ``merge_adapter``).
     """
-    from sppo_rl.llm.decoding import last_decode_stats
-    from sppo_rl.llm.generation import encode_prompts, generate_rollout
+    from sppo_rl.llm.sequences import encode_prompts
 
     args = run.args
+    tok = engine.policy.tokenizer
+    model = engine.sampling_model
     rows = prompt_rows(batch, args.prompt_len)
     enc = encode_prompts(tok, [r["question"] for r in rows], args.prompt_len, "left", device=run.device)
 
     def gen(n: int) -> Any:
-        s = dataclasses.replace(settings, max_new_tokens=n, suppress_eos=True, temperature=0.6)
-        return generate_rollout(model, tok, enc, s, eos)
+        s = dataclasses.replace(engine.settings, max_new_tokens=n, suppress_eos=True, temperature=0.6)
+        return engine.generate(enc, settings=s)
 
     torch.manual_seed(0)
-    static = settings.engine == "static"
     t_warm, r = run.timed(lambda: gen(n_steps))
-    stats = last_decode_stats() if static else {}
+    stats = dict(engine.last_stats)
     t_n = t_1 = None
     if not single:
         t_n, r = run.timed(lambda: gen(n_steps))
-        stats = last_decode_stats() if static else {}
+        stats = dict(engine.last_stats)
         t_1, _ = run.timed(lambda: gen(1))
     assert int(r.response_lengths.min()) == n_steps
     replay_ms = stats.get("replay_ms_per_step")
@@ -376,6 +374,7 @@ def decode_case(
 
 def section_decode(run: Run) -> dict[str, Any]:
     from sppo_rl.llm.config import GenerationSettings, LoraSettings
+    from sppo_rl.llm.generation import make_generation_engine
     from sppo_rl.llm.models import load_policy
 
     args = run.args
@@ -389,27 +388,33 @@ def section_decode(run: Run) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype)
     big, small = shapes(run)
     tok, _, _ = tokenizers()
-    eos = [tok.eos_token_id]
     plain = GenerationSettings()
     hf_static = GenerationSettings(cache_implementation="static")
     eager = GenerationSettings(engine="static", cuda_graph=False)
     graph = GenerationSettings(engine="static")
     compiled = GenerationSettings(engine="static", compile=True)
+    merged = GenerationSettings(engine="static", merge_adapter=True)
     tiny = args.tiny
     n_plain, n_eager, n_fast = (8, 8, 16) if tiny else (48, 24, 256)
     b1, b8 = args.decode_batch, args.decode_batch * 8
 
-    # exactness on this device: greedy tokens of the static engine (eager and graphs) against generate()
+    # exactness on this device: greedy tokens of the static engine (eager and graphs), and of sampling from the
+    # merged copy of the adapter, against generate() with the adapter
+    from sppo_rl.llm.generation import generate_rollout
+    from sppo_rl.llm.sequences import encode_prompts
+
     check_model = build(run, TINY_7B, tok, True, torch.float32, seed=3)
     check_policy = load_policy(check_model, tok, lora=LoraSettings(r=8, alpha=16))
-    from sppo_rl.llm.generation import encode_prompts, generate_rollout
-
+    with torch.no_grad():  # an adapter that changes the outputs
+        for name, p in check_policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
     enc = encode_prompts(tok, [r["question"] for r in prompt_rows(8, 40, seed=5)], 64, "left", device=run.device)
     enc.attention_mask[::2, :5] = 0  # ragged left padding
-    ref = generate_rollout(check_policy.model, tok, enc, GenerationSettings(max_new_tokens=40), eos, greedy=True)
-    for name, s in [("eager", eager), ("cuda_graph", graph)]:
+    ref = generate_rollout(check_policy, enc, GenerationSettings(max_new_tokens=40), greedy=True)
+    for name, s in [("eager", eager), ("cuda_graph", graph), ("merged_cuda_graph", merged)]:
         s = dataclasses.replace(s, max_new_tokens=40, kv_bucket=16)
-        r = generate_rollout(check_policy.model, tok, enc, s, eos, True)
+        r = generate_rollout(check_policy, enc, s, True)
         res["checks"][f"greedy_equal_{name}"] = same_tokens(r, ref)
     run.log("greedy checks (tiny fp32 model):", res["checks"])
     del check_model, check_policy
@@ -424,44 +429,53 @@ def section_decode(run: Run) -> dict[str, Any]:
         ("7B+LoRA generate()", plain, b1, n_plain, True, False),
         ("7B+LoRA static engine, CUDA graphs", graph, b1, n_fast, True, False),
         ("7B+LoRA static engine, CUDA graphs, batch x8", graph, b8, n_fast, True, False),
+        ("7B+LoRA merged, static engine, CUDA graphs", merged, b1, n_fast, True, False),
+        ("7B+LoRA merged, static engine, CUDA graphs, batch x8", merged, b8, n_fast, True, False),
     ]
     slow_cases: list[tuple[str, Any, int, int, bool, bool]] = [
         ("7B+LoRA generate(cache_implementation='static')", hf_static, b1, n_fast // 2, True, False),
         ("7B+LoRA static engine, torch.compile + CUDA graphs", compiled, b1, n_fast, True, True),
     ]
-    if not run.cuda:  # a compiled step only pays off with CUDA graphs
-        slow_cases = slow_cases[:1]
+    if not run.cuda or args.skip_slow_decode:  # a compiled step only pays off with CUDA graphs
+        slow_cases = slow_cases[:1] if not args.skip_slow_decode else []
     model = build(run, big, tok, True, dtype, seed=0)
     res["policy_params_b"] = round(n_params(model) / 1e9, 3)
-    wrapped = None
+    base = load_policy(model, tok, lora=None)
+    lora_policy = None
+    engines: dict[tuple[int, bool], Any] = {}
     for label, settings, batch, n, lora, single in cases + slow_cases:
         if run.over_budget(reserve=60):
             res["cases"].append({"case": label, "skipped": "time budget"})
             continue
-        if lora and wrapped is None:
-            wrapped = load_policy(model, tok, lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)).model
-        target = wrapped if lora else model
+        if lora and lora_policy is None:
+            lora_policy = load_policy(model, tok, lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r))
+        policy = lora_policy if lora else base
         try:
             run.reset_peak()
-            res["cases"].append(decode_case(run, target, tok, eos, batch, settings, n, label, bw, single))
+            key = (id(settings), lora)
+            if key not in engines:  # one engine per set-up (a merged copy is built once)
+                engines[key] = make_generation_engine(policy, settings)
+            res["cases"].append(decode_case(run, engines[key], batch, n, label, bw, single))
         except Exception as exc:  # keep measuring the other cases
             res["cases"].append({"case": label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             run.log(label, "failed:", exc)
             run.free()
         run.save()
-    del model, wrapped
+    del model, base, lora_policy, engines
     run.free()
     # the 1.5B shape: is generate() faster on a model 5x smaller?
     if not run.over_budget(reserve=40):
         model = build(run, small, tok, True, dtype, seed=1)
+        small_policy = load_policy(model, tok, lora=None)
         small_cases = [("1.5B generate()", plain, n_plain), ("1.5B static engine, CUDA graphs", graph, n_fast)]
         for label, settings, n in small_cases:
             try:
-                res["cases"].append(decode_case(run, model, tok, eos, b1, settings, n, label, bw))
+                engine = make_generation_engine(small_policy, settings)
+                res["cases"].append(decode_case(run, engine, b1, n, label, bw))
             except Exception as exc:
                 res["cases"].append({"case": label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             run.save()
-        del model
+        del model, small_policy
         run.free()
     return res
 
@@ -519,6 +533,7 @@ def make_trainer(run: Run, policy: Any, critic: Any, estimator: str, prompts: in
         engine=args.engine,
         batch_size=args.generation_batch,
         adapter_in_model_dtype=args.adapter_in_model_dtype,
+        merge_adapter=args.merge_adapter,
     )
     return SPPOTrainer(
         policy,
@@ -542,43 +557,15 @@ def make_trainer(run: Run, policy: Any, critic: Any, estimator: str, prompts: in
     )
 
 
-def instrument(run: Run, trainer: Any) -> dict[str, float]:
-    """Record the peak memory at the end of generation and of the rollout phase of ``trainer``'s iterations."""
-    import sppo_rl.llm.trainer as trainer_module
-
-    phases: dict[str, float] = {}
-    original_generate = trainer_module.generate_rollout
-    original_collect = trainer.collect_rollout
-    original_critic = trainer.train_critic
-
-    def generate(*a: Any, **k: Any) -> Any:
-        out = original_generate(*a, **k)
-        phases["generation_peak_gib"] = run.peak_gb() or 0.0
-        return out
-
-    def collect() -> Any:
-        trainer_module.generate_rollout = generate
-        try:
-            out = original_collect()
-        finally:
-            trainer_module.generate_rollout = original_generate
-        phases["rollout_peak_gib"] = run.peak_gb() or 0.0
-        return out
-
-    def train_critic(batch: Any) -> Any:
-        out = original_critic(batch)
-        phases["critic_update_peak_gib"] = run.peak_gb() or 0.0
-        return out
-
-    trainer.collect_rollout = collect
-    trainer.train_critic = train_critic
-    return phases
-
-
-def step_record(run: Run, trainer: Any, label: str, phases: dict[str, float]) -> dict[str, Any]:
+def step_record(run: Run, trainer: Any, label: str) -> dict[str, Any]:
     run.sync()
     m = trainer.train_iteration()
     run.sync()
+    phases = {
+        "generation_peak_gib": m["memory/generation_peak_mb"] / 1024,
+        "rollout_peak_gib": m["memory/rollout_peak_mb"] / 1024,
+        "critic_update_peak_gib": m["memory/critic_update_peak_mb"] / 1024,
+    }
     cfg = trainer.config
     n_seq = cfg.prompts_per_step * cfg.samples_per_prompt
     out = {
@@ -700,32 +687,35 @@ def section_throughput(run: Run) -> dict[str, Any]:
     del warm
     run.free()
 
-    # decode speed of this generation set-up (adds to section 3's table)
+    # decode speed of the steps' generation set-up (adds to section 3's table)
     from sppo_rl.llm.config import GenerationSettings
+    from sppo_rl.llm.generation import make_generation_engine
 
     res["decode"] = []
-    if args.engine == "static" and args.adapter_in_model_dtype:
-        gen = GenerationSettings(engine="static", adapter_in_model_dtype=True)
+    if args.engine == "static":
+        gen = GenerationSettings(
+            engine="static", adapter_in_model_dtype=args.adapter_in_model_dtype, merge_adapter=args.merge_adapter
+        )
+        how = "merged adapter" if args.merge_adapter else ("adapter in bf16" if args.adapter_in_model_dtype else "")
+        engine = make_generation_engine(policy, gen)
         single = run.cuda
         for batch, n in [
             (args.decode_batch, 256 if not args.tiny else 16),
             (8 * args.decode_batch, 128 if not args.tiny else 16),
         ]:
-            label = f"7B+LoRA static engine, CUDA graphs, adapter in bf16, batch {batch}"
+            label = f"7B+LoRA static engine, CUDA graphs, {how}, batch {batch}"
             try:
-                res["decode"].append(
-                    decode_case(run, policy.model, tok, [tok.eos_token_id], batch, gen, n, label, bw, single)
-                )
+                res["decode"].append(decode_case(run, engine, batch, n, label, bw, single))
             except Exception as exc:
                 res["decode"].append({"case": label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             run.save()
+        del engine
         run.free()
 
     # GRPO N = 8, no critic (its peak memory is the "GRPO without critic" row of the memory table)
     grpo = make_trainer(run, policy, None, "grpo", prompts, new, n_samples_per_prompt=8)
-    phases = instrument(run, grpo)
     for i in range(args.grpo_steps):
-        res["steps"].append(step_record(run, grpo, f"GRPO N=8 (step {i + 1})", phases))
+        res["steps"].append(step_record(run, grpo, f"GRPO N=8 (step {i + 1})"))
         run.save()
     del grpo
     run.free()
@@ -733,14 +723,13 @@ def section_throughput(run: Run) -> dict[str, Any]:
     # SPPO N = 1 with the paper's decoupled 1.5B critic, trained in full
     critic = build_critic(run, "1.5b-full", policy, critic_tok)
     res["critic_params_b"] = round(n_params(critic.backbone) / 1e9, 3)
-    sppo = make_trainer(run, policy, critic, "sppo", prompts, new)
-    phases = instrument(run, sppo)
     warm = make_trainer(run, policy, critic, "sppo", prompts, 16)
     warm.train_iteration()
     del warm
     run.free()
+    sppo = make_trainer(run, policy, critic, "sppo", prompts, new)
     for i in range(args.sppo_steps):
-        res["steps"].append(step_record(run, sppo, f"SPPO N=1 + 1.5B critic (step {i + 1})", phases))
+        res["steps"].append(step_record(run, sppo, f"SPPO N=1 + 1.5B critic (step {i + 1})"))
         run.save()
     g = [s for s in res["steps"] if s["estimator"] == "grpo"][-1]
     s = [s for s in res["steps"] if s["estimator"] == "sppo"][-1]
@@ -753,9 +742,11 @@ def section_throughput(run: Run) -> dict[str, Any]:
     run.save()
 
     # section 4: activation checkpointing and micro-batches for the policy update (critic resident, as in a step)
-    batch = sub_batch(sppo._last_batch, min(args.ckpt_sequences, sppo._last_batch.size))
-    res["checkpointing"] = checkpointing_runs(run, sppo, policy, batch)
-    del sppo, critic, policy, batch
+    if args.ckpt_sequences > 0:
+        batch = sub_batch(sppo.last_batch, min(args.ckpt_sequences, sppo.last_batch.size))
+        res["checkpointing"] = checkpointing_runs(run, sppo, policy, batch)
+        del batch
+    del sppo, critic, policy
     run.free()
     return res
 
@@ -877,8 +868,7 @@ def section_memory(run: Run) -> dict[str, Any]:
             row["after_build_gib"] = round(torch.cuda.memory_allocated(run.device) / GB, 2) if run.cuda else None
             phase = "step"
             trainer = make_trainer(run, policy, critic, "sppo", args.prompts, args.response_len)
-            phases = instrument(run, trainer)
-            row.update(step_record(run, trainer, kind, phases))
+            row.update(step_record(run, trainer, kind))
         except Exception as exc:
             if not is_oom(exc):
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -959,9 +949,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_false",
         help="sample with peft's float32 adapters (default: generation.adapter_in_model_dtype=true)",
     )
+    p.add_argument(
+        "--no-merge-adapter",
+        dest="merge_adapter",
+        action="store_false",
+        help="sample through the LoRA adapter (default: generation.merge_adapter=true, a merged copy for sampling)",
+    )
+    p.add_argument("--skip-slow-decode", action="store_true", help="skip the generate(static) and compile cases")
     p.add_argument("--grpo-steps", type=int, default=1)
     p.add_argument("--sppo-steps", type=int, default=2)
-    p.add_argument("--ckpt-sequences", type=int, default=32, help="sequences of the checkpointing measurements")
+    p.add_argument(
+        "--ckpt-sequences", type=int, default=32, help="sequences of the checkpointing measurements (0: skip them)"
+    )
     p.add_argument("--memory-cases", default="7b-lora,7b-full,shared")
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--budget-s", type=float, default=None, help="skip remaining cases after this many seconds")

@@ -212,57 +212,43 @@ def make_critic(base: Any, tokenizer: Any, policy: Any, args: argparse.Namespace
 # ---------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def evaluate(policy: Any, dataset: Any, rewards: Any, args: argparse.Namespace, k: int = 1) -> dict[str, Any]:
-    """Greedy (``k = 1``) or sampled (``k > 1``, training temperature) accuracy on ``dataset``.
+    """Greedy (``k = 1``) or sampled (``k > 1``, training temperature) accuracy on ``dataset``, through the library's
+    :func:`~sppo_rl.llm.evaluation.evaluate_policy` (per kind of problem: ``group_by="kind"``).
 
-    :return: ``accuracy``, ``per_kind``, ``per_prompt`` (success rate of each prompt), ``seconds``, ``tokens``
+    :return: ``accuracy``, ``per_kind``, ``per_prompt`` (success rate of each prompt), ``seconds``, ``tokens``,
+        ``samples`` (the first responses)
     """
     from sppo_rl.llm.config import GenerationSettings
-    from sppo_rl.llm.data import render_messages
-    from sppo_rl.llm.generation import encode_prompts, generate_rollout
+    from sppo_rl.llm.evaluation import evaluate_policy
 
     device = policy.device
     sync(device)
     t0 = time.perf_counter()
-    policy.use_policy_adapter()
     gen = GenerationSettings(
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, engine=args.engine, batch_size=args.gen_batch
     )
-    per_prompt: list[float] = []
-    tokens = 0
-    samples: list[str] = []
-    n = len(dataset)
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed + 999)
-        for start in range(0, n, args.eval_batch):
-            idx = list(range(start, min(start + args.eval_batch, n)))
-            texts = [render_messages(dataset.messages(i), policy.tokenizer, "auto") for i in idx]
-            enc = encode_prompts(
-                policy.tokenizer, texts, args.max_prompt_length, add_special_tokens=False, device=device
-            )
-            with policy.autocast():
-                rollout = generate_rollout(
-                    policy.model, policy.tokenizer, enc.repeat_interleave(k), gen, policy.eos_token_ids, greedy=k == 1
-                )
-            rows = [dataset[i] for i in idx for _ in range(k)]
-            scored = rewards.score([t for t in texts for _ in range(k)], rollout.texts, rows)
-            success = torch.tensor(scored.success, dtype=torch.float32).view(len(idx), k)
-            per_prompt.extend(success.mean(1).tolist())
-            tokens += int(rollout.response_mask.sum())
-            if start == 0:
-                samples = rollout.texts[: 4 * k : k]
+    result = evaluate_policy(
+        policy,
+        dataset,
+        rewards,
+        k=k,
+        generation=gen,
+        max_prompt_length=args.max_prompt_length,
+        chat_template="auto",
+        batch_size=args.eval_batch,
+        seed=args.seed + 999,
+        greedy=k == 1,
+        group_by="kind",
+    )
     sync(device)
-    kinds: dict[str, list[float]] = {}
-    for i, p in enumerate(per_prompt):
-        kinds.setdefault(dataset[i]["kind"], []).append(p)
     return {
-        "accuracy": sum(per_prompt) / max(len(per_prompt), 1),
-        "per_kind": {kk: sum(v) / len(v) for kk, v in kinds.items()},
-        "per_prompt": per_prompt,
+        "accuracy": result["avg@k"],
+        "per_kind": result["per_group"],
+        "per_prompt": result["per_prompt"],
         "seconds": time.perf_counter() - t0,
-        "tokens": tokens,
-        "samples": samples,
+        "tokens": result["response_tokens"],
+        "samples": [s["response"] for s in result["samples"]],
     }
 
 
@@ -424,7 +410,7 @@ class MethodRun:
         # iteration would take on --threads cores of its own, on a machine shared with other work)
         dt = wall if self.args.clock == "wall" else cpu / max(torch.get_num_threads(), 1)
         self.train_s += dt
-        n_tok = int(self.trainer._last_batch.rollout.response_mask.sum())
+        n_tok = int(self.trainer.last_batch.rollout.response_mask.sum())
         self.tokens += n_tok
         row = {
             "iteration": self.trainer.iteration,

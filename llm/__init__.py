@@ -25,7 +25,6 @@ from .config import (
     TrainSettings,
 )
 from .data import EmptyDatasetError, PromptDataset, PromptSampler, PromptTemplate, load_prompt_dataset, load_rows
-from .generation import PromptTooLongError
 from .rewards import (
     BoxedMathVerifier,
     ExactMatchVerifier,
@@ -36,14 +35,14 @@ from .rewards import (
     VerifierResult,
     make_reward,
 )
+from .sequences import PromptTooLongError
 
 if TYPE_CHECKING:
-    from .builder import build_trainer
     from .critic import LMCritic, load_critic, make_shared_critic
     from .env import PromptEnv
     from .evaluation import evaluate_policy
     from .models import PolicyModel, load_policy
-    from .trainer import SPPOTrainer
+    from .trainer import SPPOTrainer, build_trainer
 
 _LAZY = {
     "PromptEnv": ".env",
@@ -54,7 +53,7 @@ _LAZY = {
     "load_critic": ".critic",
     "make_shared_critic": ".critic",
     "evaluate_policy": ".evaluation",
-    "build_trainer": ".builder",
+    "build_trainer": ".trainer",
 }
 
 __all__ = [

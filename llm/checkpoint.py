@@ -22,21 +22,41 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from sppo_rl.version import __version__
 
-from .config import to_dict
-
-if TYPE_CHECKING:
-    from .trainer import SPPOTrainer
+from .config import RunConfig, TrainerConfig, to_dict
+from .critic import LMCritic
+from .data import PromptSampler
+from .models import PolicyModel
 
 __all__ = ["CHECKPOINT_FORMAT", "frozen_fingerprint", "load_checkpoint", "read_checkpoint_config", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "sppo-rl-llm-checkpoint/1"
+
+
+class TrainerState(Protocol):
+    """What a checkpoint reads and restores: the trainer's models, optimizers, random states and counters."""
+
+    config: TrainerConfig
+    run_config: RunConfig | None
+    policy: PolicyModel
+    policy_params: list[torch.nn.Parameter]
+    policy_optimizer: torch.optim.Optimizer
+    critic: LMCritic | None
+    critic_optimizer: torch.optim.Optimizer | None
+    advantage_fn: Callable[..., Any]
+    sampler: PromptSampler
+    shuffle_generator: torch.Generator
+    iteration: int
+    num_timesteps: int
+    last_metrics: dict[str, float]
+    _seeded: bool
 
 
 def frozen_fingerprint(model: torch.nn.Module, exclude: set[int], max_tensors: int = 16) -> list[float]:
@@ -54,7 +74,7 @@ def frozen_fingerprint(model: torch.nn.Module, exclude: set[int], max_tensors: i
     return [float(p.detach().double().sum()) for _, p in named[::step][:max_tensors]]
 
 
-def _fingerprints(trainer: SPPOTrainer) -> dict[str, list[float]]:
+def _fingerprints(trainer: TrainerState) -> dict[str, list[float]]:
     out = {"policy": frozen_fingerprint(trainer.policy.model, {id(p) for p in _all_trainable(trainer)})}
     critic = trainer.critic
     if critic is not None and not critic.shared:
@@ -62,19 +82,25 @@ def _fingerprints(trainer: SPPOTrainer) -> dict[str, list[float]]:
     return out
 
 
-def _all_trainable(trainer: SPPOTrainer) -> list[torch.nn.Parameter]:
+def _all_trainable(trainer: TrainerState) -> list[torch.nn.Parameter]:
     params = list(trainer.policy_params)
     if trainer.critic is not None and trainer.critic.shared:
         params += [p for _, p in trainer.critic.trainable_named_parameters()]
     return params
 
 
-def _policy_state(trainer: SPPOTrainer) -> dict[str, torch.Tensor]:
+def _policy_state(trainer: TrainerState) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in trainer.policy.model.named_parameters()}
     return {names[id(p)]: p.detach().contiguous() for p in trainer.policy_params}
 
 
-def save_checkpoint(trainer: SPPOTrainer, path: str) -> str:
+def _estimator_state(trainer: TrainerState) -> Any:
+    """The state of a stateful estimator (e.g. the moving average of ``"ema"``), or ``None``."""
+    state_dict = getattr(trainer.advantage_fn, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
+
+
+def save_checkpoint(trainer: TrainerState, path: str) -> str:
     """Write ``trainer``'s state to folder ``path``.
 
     :param trainer: the trainer
@@ -116,6 +142,7 @@ def save_checkpoint(trainer: SPPOTrainer, path: str) -> str:
         "num_timesteps": trainer.num_timesteps,
         "sampler": trainer.sampler.state_dict(),
         "seeded": trainer._seeded,
+        "estimator": _estimator_state(trainer),
         "python_random": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy_random": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }
@@ -167,7 +194,7 @@ def _check_fingerprint(name: str, saved: list[float] | None, current: list[float
         )
 
 
-def load_checkpoint(trainer: SPPOTrainer, path: str) -> None:
+def load_checkpoint(trainer: TrainerState, path: str) -> None:
     """Restore a checkpoint written by :func:`save_checkpoint` into an identically built trainer.
 
     :param trainer: the trainer (same models, data and configuration as when saving)
@@ -191,7 +218,7 @@ def load_checkpoint(trainer: SPPOTrainer, path: str) -> None:
     if "critic" in current:
         _check_fingerprint("critic", fps.get("critic"), current["critic"])
 
-    device = trainer.device
+    device = trainer.policy.device
     policy = trainer.policy
     if policy.has_lora:
         weights = load_peft_weights(os.path.join(path, "policy_adapter"), device=str(device))
@@ -226,6 +253,8 @@ def load_checkpoint(trainer: SPPOTrainer, path: str) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     npr = state["numpy_random"]
     np.random.set_state((npr[0], np.asarray(npr[1], dtype=np.uint32), npr[2], npr[3], npr[4]))
+    if state.get("estimator") is not None:
+        trainer.advantage_fn.load_state_dict(state["estimator"])  # type: ignore[attr-defined]
     trainer.sampler.load_state_dict(state["sampler"])
     trainer.iteration = int(state["iteration"])
     trainer.num_timesteps = int(state["num_timesteps"])

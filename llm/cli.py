@@ -44,7 +44,7 @@ def _load_config(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .builder import build_trainer
+    from .trainer import build_trainer
 
     cfg = _load_config(args)
     resume = args.resume
@@ -97,8 +97,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .builder import build_dataset, build_trainer
     from .config import DataSpec
+    from .loading import build_dataset
+    from .trainer import build_trainer
 
     cfg = _load_config(args)
     trainer = build_trainer(cfg, checkpoint=args.checkpoint, verbose=0)
@@ -119,8 +120,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .builder import build_trainer
     from .models import resolve_dtype
+    from .trainer import build_trainer
 
     cfg = _load_config(args)
     trainer = build_trainer(cfg, checkpoint=args.checkpoint, verbose=0)

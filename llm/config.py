@@ -20,6 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
+from sppo_rl.objectives import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, get_advantage_estimator
+
+from .engine_registry import check_engine_name
+
 __all__ = [
     "CriticSpec",
     "DataSpec",
@@ -36,11 +40,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-GENERATION_ENGINES = ("generate", "static")
-"""``generation.engine`` values: ``transformers``' ``generate`` or the library's static-cache decoding loop."""
-ESTIMATOR_SAMPLES = {"sppo": 1, "grpo": 8, "rloo": 5, "remax": 1, "none": 1, "gae": 1}
-"""Default samples per prompt of each estimator (the paper's comparison settings)."""
 
 
 @dataclass
@@ -141,9 +140,15 @@ class GenerationSettings:
     :param cache_implementation: passed to ``generate`` (e.g. ``"static"``), ``None`` for the default (engine
         ``"generate"`` only)
     :param batch_size: sequences generated per ``generate`` call (``None``: all at once)
-    :param engine: ``"generate"`` (``transformers``' ``generate``) or ``"static"`` (the library's decoding loop
-        over a static KV cache, see :mod:`sppo_rl.llm.decoding`: grouped-query decode attention, no host
-        synchronisation per token, one CUDA graph per KV-length bucket; transformers >= 5)
+    :param engine: a generation engine of :data:`sppo_rl.llm.generation.GENERATION_ENGINES`: ``"generate"``
+        (``transformers``' ``generate``) or ``"static"`` (the library's decoding loop over a static KV cache, see
+        :mod:`sppo_rl.llm.static_decoding`: grouped-query decode attention, no host synchronisation per token, one
+        CUDA graph per KV-length bucket; transformers >= 5)
+    :param merge_adapter: sample from a copy of the model with the LoRA adapter folded into its weights
+        (``W + scale * B A``, in the model's dtype), refreshed after every policy update: one matrix product per
+        layer instead of three while decoding, for one extra copy of the adapted weights (see
+        :class:`~sppo_rl.llm.generation.MergedAdapterCopy`). The behaviour log-probs still come from the training
+        model
     :param cuda_graph: engine ``"static"`` on a CUDA device: capture the decode step as CUDA graphs and replay them
     :param compile: engine ``"static"``: ``torch.compile`` the decode step before capturing it (compiles once per
         KV bucket and per generation call: only worth it for long responses)
@@ -167,6 +172,7 @@ class GenerationSettings:
     compile: bool = False
     kv_bucket: int = 256
     adapter_in_model_dtype: bool = False
+    merge_adapter: bool = False
 
 
 @dataclass
@@ -178,8 +184,12 @@ class TrainerConfig:
     per prompt; one optimizer step each), and each mini-batch into forward passes of ``micro_batch_size``
     *sequences* whose gradients are accumulated (weighted so that the result equals one big pass).
 
-    :param estimator: ``"sppo"``, ``"grpo"``, ``"rloo"``, ``"remax"``, ``"none"`` or ``"gae"`` (token-level PPO)
-    :param n_samples_per_prompt: ``None``: 1 for sppo/remax/none/gae, 8 for grpo, 5 for rloo
+    :param estimator: an advantage estimator of :data:`sppo_rl.objectives.ADVANTAGE_ESTIMATORS`: ``"sppo"``,
+        ``"grpo"``, ``"dr_grpo"``, ``"rloo"``, ``"remax"``, ``"none"``, ``"batch_mean"``, ``"ema"``, ``"gae"``
+        (token-level PPO), or one you registered
+    :param estimator_kwargs: options of the estimator (e.g. ``{"decay": 0.99}`` for ``"ema"``); checked against
+        what it accepts
+    :param n_samples_per_prompt: ``None``: the estimator's default (1 for sppo, 8 for grpo, 5 for rloo, ...)
     :param prompts_per_step: prompts per iteration (paper: 256 or 512)
     :param mini_batch_size: prompts per policy optimizer step (paper: 128 or 32); ``None``: all
     :param micro_batch_size: sequences per forward/backward pass
@@ -199,15 +209,19 @@ class TrainerConfig:
     :param clip_range_high: PPO ``eps_high`` (``None``: ``clip_range``)
     :param dual_clip: dual-clip constant for negative advantages (``None``: off)
     :param log_ratio_clamp: clamp of the log-ratio before ``exp``
-    :param loss_agg_mode: ``"token-mean"``, ``"seq-mean-token-mean"`` or ``"seq-mean-token-sum"``
+    :param loss_agg_mode: ``"token-mean"``, ``"seq-mean-token-mean"``, ``"seq-mean-token-sum"`` or
+        ``"seq-mean-token-sum-norm"`` (normalised by ``generation.max_new_tokens``; Dr. GRPO)
     :param kl_coef: weight of the KL term to the reference (the base model, adapter disabled); 0: off
     :param kl_estimator: ``"k1"`` or ``"k3"``
     :param normalize_advantages: whiten sequence-level advantages over the batch (off in the reference)
-    :param gamma: discount of the ``"gae"`` estimator
-    :param gae_lambda: lambda of the ``"gae"`` estimator
-    :param whiten_gae: whiten GAE advantages over the batch (verl's token-level PPO)
-    :param grpo_eps: epsilon added to the group std
-    :param grpo_normalize_by_std: divide by the group std (``False``: Dr. GRPO)
+    :param gamma: shorthand for ``estimator_kwargs.gamma``: discount of the ``"gae"`` estimator (``None``: its
+        default, 1.0)
+    :param gae_lambda: shorthand for ``estimator_kwargs.lam``: lambda of ``"gae"`` (``None``: 1.0)
+    :param whiten_gae: shorthand for ``estimator_kwargs.whiten``: whiten GAE advantages over the batch
+        (``None``: ``"gae"``'s default, on, as verl's token-level PPO)
+    :param grpo_eps: shorthand for ``estimator_kwargs.eps``: added to the group std (``None``: 1e-6)
+    :param grpo_normalize_by_std: shorthand for ``estimator_kwargs.normalize_by_std``: divide by the group std
+        (``None``: on; ``False`` is Dr. GRPO's advantage, also available as ``estimator: dr_grpo``)
     :param generation: :class:`GenerationSettings`
     :param max_prompt_length: prompt limit in policy tokens
     :param prompt_truncation: ``"error"`` (a longer prompt raises) or ``"left"`` (keep its last tokens; counted
@@ -220,6 +234,7 @@ class TrainerConfig:
     """
 
     estimator: str = "sppo"
+    estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     n_samples_per_prompt: int | None = None
     prompts_per_step: int = 256
     mini_batch_size: int | None = 128
@@ -244,11 +259,11 @@ class TrainerConfig:
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     normalize_advantages: bool = False
-    gamma: float = 1.0
-    gae_lambda: float = 1.0
-    whiten_gae: bool = True
-    grpo_eps: float = 1e-6
-    grpo_normalize_by_std: bool = True
+    gamma: float | None = None
+    gae_lambda: float | None = None
+    whiten_gae: bool | None = None
+    grpo_eps: float | None = None
+    grpo_normalize_by_std: bool | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     max_prompt_length: int = 1024
     prompt_truncation: str = "error"
@@ -262,14 +277,26 @@ class TrainerConfig:
         """``n_samples_per_prompt``, or the estimator's default."""
         if self.n_samples_per_prompt is not None:
             return self.n_samples_per_prompt
-        return ESTIMATOR_SAMPLES.get(self.estimator, 1)
+        return get_advantage_estimator(self.estimator).samples_per_context
+
+    def estimator_options(self) -> dict[str, Any]:
+        """The estimator's options: the shorthand fields that are set, then ``estimator_kwargs``."""
+        shorthands = {
+            "gamma": self.gamma,
+            "lam": self.gae_lambda,
+            "whiten": self.whiten_gae,
+            "eps": self.grpo_eps,
+            "normalize_by_std": self.grpo_normalize_by_std,
+        }
+        return {**{k: v for k, v in shorthands.items() if v is not None}, **self.estimator_kwargs}
 
     def validate(self) -> None:
         """Raise ``ValueError`` on inconsistent settings."""
-        from sppo_rl.objectives import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES
-
         if self.estimator not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"Unknown estimator {self.estimator!r}; choose one of {sorted(ADVANTAGE_ESTIMATORS)}")
+            known = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
+            raise ValueError(f"Unknown estimator {self.estimator!r} (trainer.estimator); registered: {known}")
+        estimator = get_advantage_estimator(self.estimator)
+        estimator.check_options(self.estimator_kwargs)
         if self.loss_agg_mode not in LOSS_AGG_MODES:
             raise ValueError(f"Unknown loss_agg_mode {self.loss_agg_mode!r}; choose one of {LOSS_AGG_MODES}")
         if self.prompt_truncation not in ("error", "left"):
@@ -281,14 +308,16 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples_per_prompt < 1:
             raise ValueError(f"n_samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
-        if self.estimator in ("grpo", "rloo") and self.samples_per_prompt < 2:
-            raise ValueError(f"The {self.estimator!r} estimator needs n_samples_per_prompt >= 2 to form groups")
+        if self.samples_per_prompt < estimator.min_samples_per_context:
+            raise ValueError(
+                f"The {self.estimator!r} estimator needs n_samples_per_prompt >= "
+                f"{estimator.min_samples_per_context} to form groups"
+            )
         if self.generation.max_new_tokens < 1:
             raise ValueError("generation.max_new_tokens must be >= 1")
         if self.generation.temperature <= 0:
             raise ValueError("generation.temperature must be > 0 (greedy decoding is only used for ReMax's baseline)")
-        if self.generation.engine not in GENERATION_ENGINES:
-            raise ValueError(f"generation.engine must be one of {GENERATION_ENGINES}, got {self.generation.engine!r}")
+        check_engine_name(self.generation.engine)
         if self.generation.kv_bucket < 0:
             raise ValueError(f"generation.kv_bucket must be >= 0, got {self.generation.kv_bucket}")
 

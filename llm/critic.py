@@ -30,7 +30,6 @@ from sppo_rl.value_heads import ValueHead, make_value_head
 
 from .config import CriticSpec, LoraSettings, ModelSpec
 from .data import Message, has_chat_template, render_messages
-from .generation import EncodedPrompts, encode_prompts, position_ids_from_mask
 from .models import (
     PolicyModel,
     autocast_context,
@@ -45,6 +44,8 @@ from .models import (
     resolve_dtype,
     weight_and_compute_dtype,
 )
+from .random_init import build_random_model
+from .sequences import EncodedPrompts, encode_prompts, position_ids_from_mask
 
 __all__ = ["CRITIC_ADAPTER", "LMCritic", "load_critic", "make_shared_critic", "same_vocabulary"]
 
@@ -73,7 +74,6 @@ class LMCritic(nn.Module):
     :param prompt_truncation: ``"error"`` or ``"left"``
     :param chat_template: how prompt messages are rendered with the critic's tokenizer
     :param adapter_name: for a shared critic, the peft adapter to activate while the critic runs
-    :param policy: for a shared critic, the policy whose adapter is restored afterwards
     :param autocast_dtype: compute dtype when the trunk's float32 weights are all trained (mixed precision)
     """
 
@@ -86,7 +86,6 @@ class LMCritic(nn.Module):
         prompt_truncation: str = "error",
         chat_template: bool | str = "auto",
         adapter_name: str | None = None,
-        policy: PolicyModel | None = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
@@ -96,10 +95,7 @@ class LMCritic(nn.Module):
         self.prompt_truncation = prompt_truncation
         self.chat_template = chat_template
         self.adapter_name = adapter_name
-        self._policy = policy
-        self.autocast_dtype = (
-            autocast_dtype if autocast_dtype is not None else (policy.autocast_dtype if policy is not None else None)
-        )
+        self.autocast_dtype = autocast_dtype
         decoder, _, _ = decoder_and_head(backbone)
         self._decoder = decoder
         hidden = int(getattr(decoder.config, "hidden_size", 0) or backbone.config.hidden_size)
@@ -263,7 +259,7 @@ def make_shared_critic(
         prompt_truncation,
         chat_template,
         adapter_name=CRITIC_ADAPTER,
-        policy=policy,
+        autocast_dtype=policy.autocast_dtype,
     )
 
 
@@ -315,8 +311,6 @@ def load_critic(
     tok = load_tokenizer(tokenizer if tokenizer is not None else m.tokenizer, m.path, texts, m.gguf_file)
     ensure_pad_token(tok, "critic")
     if m.init == "random":
-        from .tiny import build_random_model
-
         if not m.config:
             raise ValueError("critic.model.init='random' needs critic.model.config")
         backbone = build_random_model(dict(m.config), seed=m.seed, causal_lm=False, dtype=dtype, tokenizer=tok)

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from .config import LoraSettings, ModelSpec
+from .random_init import build_random_model
+from .tokenizer_training import train_tokenizer
 
 __all__ = [
     "PolicyModel",
@@ -154,8 +156,6 @@ def load_tokenizer(
     if spec is not None and not isinstance(spec, (str, dict)):
         return spec
     if isinstance(spec, dict):
-        from .tiny import train_tokenizer
-
         options = dict(spec)
         source = options.pop("train_on", "dataset")
         if source != "dataset":
@@ -472,8 +472,6 @@ class PolicyModel:
 
 
 def _materialise_random(spec: ModelSpec, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
-    from .tiny import build_random_model
-
     if not spec.config:
         raise ValueError("init='random' needs a model config, e.g. {model_type: qwen2, hidden_size: 64, ...}")
     return build_random_model(dict(spec.config), seed=spec.seed, causal_lm=True, dtype=dtype, tokenizer=tokenizer)

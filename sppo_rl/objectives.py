@@ -9,17 +9,36 @@ Shapes used in the docstrings:
 - ``T``: padded sequence length (steps or response tokens);
 - ``mask``: ``(B, T)``, 1 on real steps/tokens and 0 on padding.
 
-Sequence-level estimators return one advantage per sequence, shape ``(B,)``; :func:`broadcast_to_steps`
-gives it to every step of its sequence. Step-level estimators (GAE) return ``(B, T)``.
+**The estimator registry.** An estimator is registered once, with what it *is*: its level (one advantage per
+sequence, or one per step), the inputs it needs, its default number of samples per context, and whether it
+keeps state across updates. Every caller (``SPPO`` on the control side, ``SPPOTrainer`` on the LLM side) asks the
+registry what to compute and passes it by keyword; nobody lists estimator names. The built-in ones::
 
-Registry (a string picks the estimator, as in verl's ``core_algos``)::
+    name        level     inputs                          samples  advantage
+    "sppo"      sequence  outcomes, baselines             1        R - V(s0)
+    "none"      sequence  outcomes                        1        R
+    "batch_mean" sequence outcomes                        1        R - mean_batch(R)  (optionally whitened;
+                                                                   REINFORCE++'s baseline)
+    "ema"       sequence  outcomes                        1        R - EMA of the outcomes of past updates
+    "grpo"      sequence  outcomes, group_ids             8        (R - mean_g) / (std_g + eps), unbiased std
+    "dr_grpo"   sequence  outcomes, group_ids             8        R - mean_g (Dr. GRPO; pair it with
+                                                                   loss_agg_mode="seq-mean-token-sum-norm")
+    "rloo"      sequence  outcomes, group_ids             5        R - mean of the other samples of the group
+    "remax"     sequence  outcomes, greedy_outcomes       1        R - R_greedy
+    "gae"       step      rewards, values, mask           1        GAE(gamma, lambda), optionally whitened
 
-    "sppo"   A = R - V(s0)                                  (R, baselines)
-    "grpo"   A = (R - mean_g) / (std_g + eps), unbiased std  (R, group ids)
-    "rloo"   A = R - mean of the other samples of the group  (R, group ids)
-    "remax"  A = R - R_greedy                                (R, greedy outcomes)
-    "none"   A = R                                           (R)
-    "gae"    GAE(gamma, lambda) over steps, optionally whitened (rewards, values, mask)
+Sequence-level estimators return one advantage per sequence, shape ``(B,)``; :func:`broadcast_to_steps` gives it
+to every step of its sequence. Step-level estimators return ``(advantages, returns)``, both ``(B, T)``.
+
+Adding one is a decorated function in any module; its defaults describe the common case (sequence level, only
+the outcomes, no critic, one sample per context)::
+
+    @register_advantage_estimator("my-baseline")
+    def my_baseline(outcomes, **kwargs):
+        return outcomes - outcomes.mean()
+
+after which ``SPPO("MlpPolicy", env, advantage_estimator="my-baseline")`` and
+``SPPOTrainer(..., estimator="my-baseline")`` train with it.
 
 The loss is the PPO clipped surrogate with an asymmetric clip range, an optional dual clip for negative
 advantages and a clamp on the log-ratio, aggregated over the batch by one of :data:`LOSS_AGG_MODES`.
@@ -27,7 +46,9 @@ advantages and a clamp on the log-ratio, aggregated over the batch by one of :da
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +58,17 @@ Tensor = torch.Tensor
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "ESTIMATOR_INPUTS",
     "LOSS_AGG_MODES",
+    "AdvantageEstimator",
+    "EMABaseline",
     "PolicyLossOutput",
     "aggregate_loss",
+    "batch_mean_advantages",
     "broadcast_to_steps",
     "clipped_policy_loss",
     "compute_advantages",
+    "dr_grpo_advantages",
     "gae_advantages",
     "get_advantage_estimator",
     "grpo_advantages",
@@ -54,63 +80,224 @@ __all__ = [
     "remax_advantages",
     "rloo_advantages",
     "sppo_advantages",
+    "whiten_advantages",
 ]
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Any]] = {}
-"""Name -> estimator function. Add your own with :func:`register_advantage_estimator`."""
+ESTIMATOR_INPUTS: dict[str, str] = {
+    "outcomes": "(B,) outcome R of each sequence",
+    "baselines": "(B,) V(s0): the start-state critic's prediction before this update (no gradient)",
+    "group_ids": "(B,) the context (prompt) each sequence was sampled from; equal ids form a group",
+    "greedy_outcomes": "(B,) outcome of a greedy (argmax) sequence from the same context",
+    "rewards": "(B, T) per-step rewards (an outcome is the reward of the last valid step)",
+    "values": "(B, T) per-step values from a per-step critic before this update",
+    "mask": "(B, T) 1 on valid steps",
+}
+"""Every input an estimator may declare, and what it is. A caller computes only what the estimator declares."""
 
-#: Estimators that give one advantage per sequence (the others are per step).
-SEQUENCE_LEVEL_ESTIMATORS = ("sppo", "grpo", "rloo", "remax", "none")
+ESTIMATOR_LEVELS = ("sequence", "step")
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 """How per-step losses become one scalar:
 
 - ``"token-mean"``: mean over every valid step/token of the batch (long sequences weigh more; verl's default
   and the SPPO reference);
 - ``"seq-mean-token-mean"``: mean over the steps of each sequence, then mean over sequences (every sequence
   weighs the same; the original GRPO);
-- ``"seq-mean-token-sum"``: sum over the steps of each sequence, then mean over sequences.
+- ``"seq-mean-token-sum"``: sum over the steps of each sequence, then mean over sequences;
+- ``"seq-mean-token-sum-norm"``: sum over the steps of each sequence divided by a *constant* length (the
+  ``norm_length`` argument: the response limit on the LLM side; default the padded width ``T``), then mean over
+  sequences (Dr. GRPO's normaliser; verl's mode of the same name).
 """
 
 
-def register_advantage_estimator(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator that registers an advantage estimator under ``name``.
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """A registered advantage estimator and what it declares about itself.
 
-    :param name: the registry key, e.g. ``"my-baseline"``
-    :return: the decorator; it returns the function unchanged
-    :raises ValueError: if ``name`` is already registered
+    :param name: the registry key
+    :param fn: a function ``fn(**inputs, **options) -> advantages``, or, for a stateful estimator, a class whose
+        constructor takes the options and whose instances are called with the inputs (and may offer
+        ``state_dict()`` / ``load_state_dict(state)`` so that checkpoints keep their state)
+    :param level: ``"sequence"`` (returns ``(B,)``) or ``"step"`` (returns ``(advantages, returns)``, ``(B, T)``)
+    :param inputs: the keys of :data:`ESTIMATOR_INPUTS` it needs; it receives exactly these
+    :param samples_per_context: default number of samples drawn per context (prompt)
+    :param min_samples_per_context: fewest samples per context it works with (2 for group estimators)
+    :param stateful: ``fn`` is a class, instantiated once per trainer by :meth:`build`
     """
 
-    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[name] is not fn:
+    name: str
+    fn: Callable[..., Any]
+    level: str = "sequence"
+    inputs: tuple[str, ...] = ("outcomes",)
+    samples_per_context: int = 1
+    min_samples_per_context: int = 1
+    stateful: bool = False
+
+    @property
+    def needs_critic(self) -> bool:
+        """Whether it reads a critic's output (start-state ``baselines`` or per-step ``values``)."""
+        return "baselines" in self.inputs or "values" in self.inputs
+
+    @property
+    def sequence_level(self) -> bool:
+        """One advantage per sequence (broadcast to its steps)."""
+        return self.level == "sequence"
+
+    def option_names(self) -> set[str] | None:
+        """The options (keyword arguments that are not inputs) it accepts; ``None`` when it takes ``**kwargs``."""
+        params = inspect.signature(self.fn).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return names - set(self.inputs) if not self.stateful else names
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming the options it does not accept.
+
+        :param options: options a user asked for explicitly (e.g. ``estimator_kwargs``)
+        """
+        accepted = self.option_names()
+        if accepted is None:
+            return
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise ValueError(
+                f"The {self.name!r} estimator does not accept the option(s) {unknown}; it accepts "
+                f"{sorted(accepted) or 'none'}"
+            )
+
+    def build(self, options: Mapping[str, Any] | None = None, strict: bool = False) -> Callable[..., Any]:
+        """A callable ``f(**inputs) -> advantages`` with ``options`` bound.
+
+        Options it does not accept are dropped (a caller passes its generic settings, e.g. ``gamma``, to any
+        estimator), unless ``strict``. A stateful estimator is instantiated here: keep the result for the whole run.
+
+        :param options: keyword options (``eps``, ``gamma``, ``whiten``, ...)
+        :param strict: raise on options it does not accept
+        """
+        options = dict(options or {})
+        if strict:
+            self.check_options(options)
+        accepted = self.option_names()
+        if accepted is not None:
+            options = {k: v for k, v in options.items() if k in accepted}
+        if self.stateful:
+            return self.fn(**options)
+        return functools.partial(self.fn, **options) if options else self.fn
+
+    def select_inputs(self, available: Mapping[str, Any]) -> dict[str, Any]:
+        """The inputs it declares, taken from ``available``.
+
+        :raises ValueError: a declared input is missing (or ``None``)
+        """
+        missing = [k for k in self.inputs if available.get(k) is None]
+        if missing:
+            raise ValueError(f"The {self.name!r} estimator needs the input(s) {missing}; got {sorted(available)}")
+        return {k: available[k] for k in self.inputs}
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+"""Name -> :class:`AdvantageEstimator`. Add your own with :func:`register_advantage_estimator`."""
+
+
+def register_advantage_estimator(
+    name: str,
+    *,
+    level: str = "sequence",
+    inputs: Iterable[str] = ("outcomes",),
+    samples_per_context: int = 1,
+    min_samples_per_context: int | None = None,
+) -> Callable[[Any], Any]:
+    """Decorator that registers an advantage estimator (a function, or a class for a stateful one) under ``name``.
+
+    The defaults describe the common case: one advantage per sequence, computed from the outcomes alone, no
+    critic, one sample per context::
+
+        @register_advantage_estimator("my-baseline")
+        def my_baseline(outcomes, **kwargs):
+            return outcomes - outcomes.mean()
+
+    :param name: the registry key, e.g. ``"my-baseline"``
+    :param level: ``"sequence"`` or ``"step"``
+    :param inputs: what it needs, keys of :data:`ESTIMATOR_INPUTS` (``"baselines"`` or ``"values"`` make the
+        callers provide a critic)
+    :param samples_per_context: default samples per context (prompt) on the LLM side
+    :param min_samples_per_context: fewest samples per context it accepts (default: 2 with ``"group_ids"``, else 1)
+    :return: the decorator; it returns its argument unchanged
+    :raises ValueError: ``name`` is already registered to another function, an unknown input or level
+    """
+    inputs = tuple(inputs)
+    unknown = sorted(set(inputs) - set(ESTIMATOR_INPUTS))
+    if unknown:
+        raise ValueError(f"Unknown estimator input(s) {unknown}; known inputs: {sorted(ESTIMATOR_INPUTS)}")
+    if level not in ESTIMATOR_LEVELS:
+        raise ValueError(f"level must be one of {ESTIMATOR_LEVELS}, got {level!r}")
+    if "outcomes" not in inputs and "rewards" not in inputs:
+        raise ValueError(f"Estimator {name!r} must read 'outcomes' or 'rewards'")
+    minimum = min_samples_per_context if min_samples_per_context is not None else (2 if "group_ids" in inputs else 1)
+    if samples_per_context < minimum:
+        raise ValueError(f"samples_per_context ({samples_per_context}) is below min_samples_per_context ({minimum})")
+
+    def decorator(fn: Any) -> Any:
+        existing = ADVANTAGE_ESTIMATORS.get(name)
+        if existing is not None and existing.fn is not fn:
             raise ValueError(f"An advantage estimator named {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(
+            name=name,
+            fn=fn,
+            level=level,
+            inputs=inputs,
+            samples_per_context=samples_per_context,
+            min_samples_per_context=minimum,
+            stateful=inspect.isclass(fn),
+        )
         return fn
 
     return decorator
 
 
-def get_advantage_estimator(name: str) -> Callable[..., Any]:
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
     """Look an estimator up by name.
 
     :param name: a key of :data:`ADVANTAGE_ESTIMATORS`
-    :return: the estimator function
+    :return: the :class:`AdvantageEstimator`
     :raises ValueError: naming the known estimators, if ``name`` is unknown
     """
     try:
         return ADVANTAGE_ESTIMATORS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         known = ", ".join(repr(k) for k in sorted(ADVANTAGE_ESTIMATORS))
         raise ValueError(f"Unknown advantage estimator {name!r}; known estimators: {known}") from None
 
 
 def compute_advantages(name: str, **kwargs: Any) -> Any:
-    """Call the estimator registered as ``name`` with keyword arguments.
+    """Call the estimator registered as ``name``: its declared inputs and its options, by keyword.
 
     >>> compute_advantages("sppo", outcomes=torch.tensor([1.0, 0.0]), baselines=torch.tensor([0.25, 0.25]))
     tensor([ 0.7500, -0.2500])
+
+    :param name: the registry key
+    :param kwargs: the declared inputs, plus options (e.g. ``eps=1e-6`` for ``"grpo"``), checked strictly
+    :return: what the estimator returns
     """
-    return get_advantage_estimator(name)(**kwargs)
+    est = get_advantage_estimator(name)
+    options = {k: v for k, v in kwargs.items() if k not in est.inputs}
+    return est.build(options, strict=True)(**est.select_inputs(kwargs))
+
+
+def whiten_advantages(advantages: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """Whiten advantages over the batch: ``(A - mean) / sqrt(var + eps)``, unbiased variance.
+
+    One function for both sides (``SPPO(normalize_advantage=True)``, ``TrainerConfig.normalize_advantages``).
+
+    :param advantages: ``(B,)`` per-sequence or ``(B, T)`` per-step advantages
+    :param mask: ``(B, T)`` valid steps for per-step advantages (``None``: every entry counts)
+    :param eps: added to the variance
+    :return: the same shape; padding stays 0
+    """
+    if advantages.dim() == 1:
+        return masked_whiten(advantages[:, None], torch.ones_like(advantages[:, None]), eps=eps)[:, 0]
+    return masked_whiten(advantages, torch.ones_like(advantages) if mask is None else mask, eps=eps)
 
 
 def _check_1d(name: str, x: Tensor) -> Tensor:
@@ -130,7 +317,7 @@ def _check_same_shape(**tensors: Tensor) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@register_advantage_estimator("sppo")
+@register_advantage_estimator("sppo", inputs=("outcomes", "baselines"))
 def sppo_advantages(outcomes: Tensor, baselines: Tensor) -> Tensor:
     """SPPO: ``A = R - V(s0)``, the outcome minus the critic's prediction from the start state.
 
@@ -156,6 +343,66 @@ def outcome_advantages(outcomes: Tensor) -> Tensor:
     return _check_1d("outcomes", outcomes).clone()
 
 
+@register_advantage_estimator("batch_mean")
+def batch_mean_advantages(outcomes: Tensor, whiten: bool = False, eps: float = 1e-8) -> Tensor:
+    """Batch-mean baseline: ``A = R - mean(R)`` over the batch (REINFORCE++'s baseline); optionally whitened.
+
+    The baseline comes from the same batch, so no critic and no state; with ``whiten=True`` the result is divided
+    by the batch's standard deviation too, ``(R - mean) / sqrt(var + eps)`` (unbiased variance), as REINFORCE++'s
+    global normalisation. A batch whose outcomes all agree gets ``A = 0``.
+
+    :param outcomes: ``(B,)``
+    :param whiten: divide by the batch standard deviation
+    :param eps: added to the variance when whitening
+    :return: ``(B,)`` advantages
+    """
+    _check_1d("outcomes", outcomes)
+    if whiten:
+        return whiten_advantages(outcomes, eps=eps)
+    return outcomes - outcomes.mean()
+
+
+@register_advantage_estimator("ema")
+class EMABaseline:
+    """Moving-average baseline: ``A = R - b``, with ``b`` an exponential moving average of past updates' outcomes.
+
+    ``b`` is the baseline *before* this batch: after computing the advantages it becomes
+    ``decay * b + (1 - decay) * mean(R)``. The first batch has no past; its baseline is its own mean. The state
+    (``b`` and the number of updates) is saved in checkpoints through :meth:`state_dict`.
+
+    :param decay: weight of the past in the average (0: the previous batch's mean only)
+    """
+
+    def __init__(self, decay: float = 0.9) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.baseline: float | None = None
+        self.updates = 0
+
+    def __call__(self, outcomes: Tensor) -> Tensor:
+        """``(B,)`` advantages of a batch of outcomes; then the average moves."""
+        _check_1d("outcomes", outcomes)
+        batch_mean = float(outcomes.double().mean()) if outcomes.numel() else 0.0
+        baseline = batch_mean if self.baseline is None else self.baseline
+        advantages = outcomes - torch.as_tensor(baseline, dtype=outcomes.dtype, device=outcomes.device)
+        if outcomes.numel():
+            self.baseline = (
+                batch_mean if self.baseline is None else self.decay * self.baseline + (1.0 - self.decay) * batch_mean
+            )
+            self.updates += 1
+        return advantages
+
+    def state_dict(self) -> dict[str, Any]:
+        """The average and the number of updates it has seen."""
+        return {"baseline": self.baseline, "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.baseline = None if state["baseline"] is None else float(state["baseline"])
+        self.updates = int(state["updates"])
+
+
 def _group_index(group_ids: Tensor | Any, n: int, device: torch.device) -> tuple[Tensor, int]:
     """Map arbitrary group labels to ``0..G-1``. Returns (index (B,), G)."""
     ids = torch.as_tensor(group_ids, device=device)
@@ -178,7 +425,7 @@ def _group_stats(outcomes: Tensor, group_ids: Tensor | Any) -> tuple[Tensor, Ten
     return count[index], mean[index], var[index]
 
 
-@register_advantage_estimator("grpo")
+@register_advantage_estimator("grpo", inputs=("outcomes", "group_ids"), samples_per_context=8)
 def grpo_advantages(
     outcomes: Tensor, group_ids: Tensor | Any, eps: float = 1e-6, normalize_by_std: bool = True
 ) -> Tensor:
@@ -203,7 +450,21 @@ def grpo_advantages(
     return adv.to(outcomes.dtype)
 
 
-@register_advantage_estimator("rloo")
+@register_advantage_estimator("dr_grpo", inputs=("outcomes", "group_ids"), samples_per_context=8)
+def dr_grpo_advantages(outcomes: Tensor, group_ids: Tensor | Any) -> Tensor:
+    """Dr. GRPO (Liu et al., 2025): ``A_i = R_i - mean_g``, GRPO without the division by the group std.
+
+    Pair it with ``loss_agg_mode="seq-mean-token-sum-norm"`` (a constant length normaliser instead of each
+    response's own length), the paper's second change. A group of one sample gets ``A = R`` (as ``"grpo"``).
+
+    :param outcomes: ``(B,)``
+    :param group_ids: ``(B,)`` group labels
+    :return: ``(B,)`` advantages
+    """
+    return grpo_advantages(outcomes, group_ids, normalize_by_std=False)
+
+
+@register_advantage_estimator("rloo", inputs=("outcomes", "group_ids"), samples_per_context=5)
 def rloo_advantages(outcomes: Tensor, group_ids: Tensor | Any) -> Tensor:
     """RLOO: ``A_i = R_i - mean_{j != i} R_j = n / (n - 1) * (R_i - mean_g)``.
 
@@ -221,7 +482,7 @@ def rloo_advantages(outcomes: Tensor, group_ids: Tensor | Any) -> Tensor:
     return adv.to(outcomes.dtype)
 
 
-@register_advantage_estimator("remax")
+@register_advantage_estimator("remax", inputs=("outcomes", "greedy_outcomes"))
 def remax_advantages(outcomes: Tensor, greedy_outcomes: Tensor) -> Tensor:
     """ReMax: ``A = R - R_greedy``, where ``R_greedy`` scores a greedy (argmax) sample of the same prompt.
 
@@ -279,7 +540,7 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: fl
     return whitened * m
 
 
-@register_advantage_estimator("gae")
+@register_advantage_estimator("gae", level="step", inputs=("rewards", "values", "mask"))
 def gae_advantages(
     rewards: Tensor,
     values: Tensor,
@@ -330,7 +591,9 @@ def gae_advantages(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def aggregate_loss(loss_mat: Tensor, mask: Tensor, loss_agg_mode: str = "token-mean") -> Tensor:
+def aggregate_loss(
+    loss_mat: Tensor, mask: Tensor, loss_agg_mode: str = "token-mean", norm_length: int | None = None
+) -> Tensor:
     """Reduce a ``(B, T)`` matrix of per-step losses to a scalar (see :data:`LOSS_AGG_MODES`).
 
     Sequences without any valid step are left out of the sequence means.
@@ -338,6 +601,8 @@ def aggregate_loss(loss_mat: Tensor, mask: Tensor, loss_agg_mode: str = "token-m
     :param loss_mat: ``(B, T)``
     :param mask: ``(B, T)``
     :param loss_agg_mode: one of :data:`LOSS_AGG_MODES`
+    :param norm_length: the constant length of ``"seq-mean-token-sum-norm"`` (``None``: ``T``); keep it fixed over
+        a run (e.g. the response limit), so that micro-batches of different widths agree
     :return: scalar tensor
     """
     m = mask.to(loss_mat.dtype)
@@ -351,6 +616,11 @@ def aggregate_loss(loss_mat: Tensor, mask: Tensor, loss_agg_mode: str = "token-m
         return (seq_sum / seq_len.clamp(min=1) * nonempty).sum() / n_seq
     if loss_agg_mode == "seq-mean-token-sum":
         return (seq_sum * nonempty).sum() / n_seq
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        length = mask.shape[-1] if norm_length is None else norm_length
+        if length < 1:
+            raise ValueError(f"norm_length must be >= 1, got {length}")
+        return (seq_sum * nonempty).sum() / (n_seq * length)
     raise ValueError(f"Unknown loss_agg_mode {loss_agg_mode!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
 
 
@@ -380,6 +650,7 @@ def clipped_policy_loss(
     dual_clip: float | None = None,
     log_ratio_clamp: float | None = 20.0,
     loss_agg_mode: str = "token-mean",
+    norm_length: int | None = None,
 ) -> PolicyLossOutput:
     """PPO clipped surrogate with per-step ratios ``r_t = exp(log_prob - old_log_prob)``.
 
@@ -398,6 +669,7 @@ def clipped_policy_loss(
     :param dual_clip: the dual-clip constant ``c`` (> 1, e.g. 3.0), or ``None`` for none
     :param log_ratio_clamp: clamp bound for the log-ratio, or ``None`` for none
     :param loss_agg_mode: one of :data:`LOSS_AGG_MODES`
+    :param norm_length: the constant length of ``"seq-mean-token-sum-norm"`` (see :func:`aggregate_loss`)
     :return: :class:`PolicyLossOutput`
     """
     _check_same_shape(log_prob=log_prob, old_log_prob=old_log_prob, advantages=advantages, mask=mask)
@@ -427,7 +699,7 @@ def clipped_policy_loss(
         dual = (advantages < 0) & (loss_mat > loss_dual)
         loss_mat = torch.where(advantages < 0, torch.minimum(loss_mat, loss_dual), loss_mat)
 
-    loss = aggregate_loss(loss_mat, mask, loss_agg_mode)
+    loss = aggregate_loss(loss_mat, mask, loss_agg_mode, norm_length)
     with torch.no_grad():
         m = mask.to(ratio.dtype)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, m)

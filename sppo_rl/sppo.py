@@ -35,11 +35,14 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sppo_rl.buffers import EpisodeRolloutBuffer
 from sppo_rl.objectives import (
+    ADVANTAGE_ESTIMATORS,
     LOSS_AGG_MODES,
+    AdvantageEstimator,
     aggregate_loss,
     broadcast_to_steps,
     clipped_policy_loss,
-    compute_advantages,
+    get_advantage_estimator,
+    whiten_advantages,
 )
 from sppo_rl.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, SPPOPolicy
 from sppo_rl.value_heads import BernoulliValueHead, OutcomeError, ValueHead, brier_score
@@ -52,7 +55,8 @@ logger = logging.getLogger(__name__)
 OutcomeFn = Callable[[float, dict[str, Any]], float]
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
-CONTROL_ESTIMATORS = ("sppo", "none")
+CONTROL_INPUTS = frozenset({"outcomes", "baselines"})
+"""What a control rollout gives an advantage estimator: each episode's outcome and the critic's ``V(s0)``."""
 
 
 class EpisodeLengthError(RuntimeError):
@@ -97,7 +101,10 @@ class SPPO(OnPolicyAlgorithm):
     :param normalize_advantage: whiten the per-episode advantages over the rollout (off in the reference)
     :param loss_agg_mode: ``"token-mean"``, ``"seq-mean-token-mean"`` or ``"seq-mean-token-sum"``
         (see :data:`sppo_rl.objectives.LOSS_AGG_MODES`)
-    :param advantage_estimator: ``"sppo"`` (``R - V(s0)``) or ``"none"`` (``R``, no baseline)
+    :param advantage_estimator: a sequence-level estimator of :mod:`sppo_rl.objectives`' registry that reads only
+        the outcomes and the start-state critic: ``"sppo"`` (``R - V(s0)``), ``"none"`` (``R``), ``"batch_mean"``
+        (``R - mean``), ``"ema"`` (``R -`` moving average of past outcomes), or one you registered
+    :param advantage_estimator_kwargs: options of the estimator (e.g. ``{"decay": 0.99}`` for ``"ema"``)
     :param value_head: ``"auto"``, ``"bernoulli"``, ``"gaussian"``, a ``ValueHead`` subclass or instance.
         ``"auto"`` picks Bernoulli when the episodes' outcome is ``info["is_success"]`` and Gaussian otherwise,
         logs its choice and stores it in :attr:`value_head`
@@ -141,6 +148,7 @@ class SPPO(OnPolicyAlgorithm):
         normalize_advantage: bool = False,
         loss_agg_mode: str = "token-mean",
         advantage_estimator: str = "sppo",
+        advantage_estimator_kwargs: dict[str, Any] | None = None,
         value_head: str | type[ValueHead] | ValueHead = "auto",
         outcome: str | OutcomeFn = "auto",
         max_episode_steps: int = 10_000,
@@ -198,6 +206,8 @@ class SPPO(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.loss_agg_mode = loss_agg_mode
         self.advantage_estimator = advantage_estimator
+        self.advantage_estimator_kwargs = dict(advantage_estimator_kwargs or {})
+        self.advantage_fn: Callable[..., th.Tensor] | None = None
         self.value_head = value_head
         self.outcome = outcome
         self.max_episode_steps = max_episode_steps
@@ -221,12 +231,16 @@ class SPPO(OnPolicyAlgorithm):
             raise ValueError(f"n_epochs must be >= 1, got {self.n_epochs}")
         if self.loss_agg_mode not in LOSS_AGG_MODES:
             raise ValueError(f"Unknown loss_agg_mode {self.loss_agg_mode!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
-        if self.advantage_estimator not in CONTROL_ESTIMATORS:
+        estimator = get_advantage_estimator(self.advantage_estimator)
+        if not _usable_for_control(estimator):
+            usable = ", ".join(repr(e.name) for e in ADVANTAGE_ESTIMATORS.values() if _usable_for_control(e))
+            needs = sorted(set(estimator.inputs) - CONTROL_INPUTS)
             raise ValueError(
-                f"advantage_estimator must be one of {', '.join(map(repr, CONTROL_ESTIMATORS))} for control tasks, "
-                f"got {self.advantage_estimator!r} (group estimators such as 'grpo' need several samples of one "
-                "context: see sppo_rl.llm)"
+                f"advantage_estimator {self.advantage_estimator!r} cannot run on control episodes: it is "
+                f"{estimator.level}-level and needs {needs or 'several samples of one context'} (group estimators "
+                f"and greedy baselines need several samples of one context: see sppo_rl.llm). Usable here: {usable}"
             )
+        estimator.check_options(self.advantage_estimator_kwargs)
         if not (callable(self.outcome) or self.outcome in ("auto", "success", "return")):
             raise ValueError(f"outcome must be 'auto', 'success', 'return' or a callable, got {self.outcome!r}")
         if self.dual_clip is not None and self.dual_clip <= 1.0:
@@ -249,6 +263,8 @@ class SPPO(OnPolicyAlgorithm):
             self.observation_space, self.action_space, self.n_envs, device=self.device
         )
         self.clip_range = FloatSchedule(self.clip_range)
+        if self.advantage_fn is None:  # a loaded model keeps its own (a stateful estimator's state with it)
+            self.advantage_fn = get_advantage_estimator(self.advantage_estimator).build(self.advantage_estimator_kwargs)
         self._maybe_recommend_cpu("SPPOPolicy")
 
     # ---- outcome ------------------------------------------------------------------------------------------
@@ -411,12 +427,10 @@ class SPPO(OnPolicyAlgorithm):
         # Baselines from the critic before this update (no gradient), then the per-episode advantages.
         with th.no_grad():
             baselines = critic.baseline(buffer.start_observations_tensor()).to(outcomes.dtype)
-        if self.advantage_estimator == "sppo":
-            advantages = compute_advantages("sppo", outcomes=outcomes, baselines=baselines)
-        else:
-            advantages = compute_advantages("none", outcomes=outcomes)
+        estimator = get_advantage_estimator(self.advantage_estimator)
+        advantages = self.advantage_fn(**estimator.select_inputs({"outcomes": outcomes, "baselines": baselines}))
         if self.normalize_advantage and advantages.numel() > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            advantages = whiten_advantages(advantages)
         buffer.set_advantages(advantages)
         critic.head.update_statistics(outcomes)
 
@@ -520,6 +534,13 @@ class SPPO(OnPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_needs_reset"]
+
+
+def _usable_for_control(estimator: AdvantageEstimator) -> bool:
+    """Sequence level, reads only outcomes and ``V(s0)``, one sample per context."""
+    return (
+        estimator.sequence_level and set(estimator.inputs) <= CONTROL_INPUTS and estimator.min_samples_per_context <= 1
+    )
 
 
 def _mean(values: list[float]) -> float:

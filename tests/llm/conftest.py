@@ -23,7 +23,9 @@ pytest.importorskip("peft")
 from sppo_rl.llm.config import LoraSettings
 from sppo_rl.llm.data import make_toy_rows
 from sppo_rl.llm.models import PolicyModel, load_policy
-from sppo_rl.llm.tiny import TINY_QWEN2, build_random_model, train_tokenizer
+from sppo_rl.llm.random_init import build_random_model
+from sppo_rl.llm.tiny import TINY_QWEN2
+from sppo_rl.llm.tokenizer_training import train_tokenizer
 
 TINY_LLAMA = {
     "model_type": "llama",

@@ -8,10 +8,12 @@ import pytest
 import torch
 from sppo_rl.llm.config import GenerationSettings, RunConfig, TrainerConfig
 from sppo_rl.llm.data import EmptyDatasetError
-from sppo_rl.llm.generation import PromptTooLongError
 from sppo_rl.llm.models import load_policy
+from sppo_rl.llm.random_init import build_random_model
 from sppo_rl.llm.rewards import ExactMatchVerifier
-from sppo_rl.llm.tiny import TINY_QWEN2, build_random_model, train_tokenizer
+from sppo_rl.llm.sequences import PromptTooLongError
+from sppo_rl.llm.tiny import TINY_QWEN2
+from sppo_rl.llm.tokenizer_training import train_tokenizer
 from sppo_rl.llm.trainer import SPPOTrainer
 
 from sppo_rl.value_heads import OutcomeError
@@ -124,7 +126,7 @@ def test_response_cut_at_max_length_is_counted_and_scored(make_policy: Any, copy
     batch = trainer.collect_rollout()
     assert batch.rollout.truncated.all() and (batch.rollout.response_lengths == 3).all()
     assert batch.outcomes.tolist() == [float("7" in t) for t in batch.rollout.texts]  # the verifier decides
-    metrics = trainer._rollout_metrics(batch)
+    metrics = batch.metrics()
     assert metrics["rollout/truncation_rate"] == 1.0
 
 

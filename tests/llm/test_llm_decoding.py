@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import torch
 from sppo_rl.llm.config import GenerationSettings, TrainerConfig
-from sppo_rl.llm.decoding import StaticDecoder, _attention_swapped, last_decode_stats, static_generate
-from sppo_rl.llm.generation import EncodedPrompts, encode_prompts, generate_rollout
+from sppo_rl.llm.generation import generate_rollout
+from sppo_rl.llm.sequences import EncodedPrompts, encode_prompts
+from sppo_rl.llm.static_decoding import StaticDecoder, _attention_swapped, last_decode_stats, static_generate
 
 PROMPTS = ["Repeat: 3", "Repeat: 12 hard question easy easy", "easy", "Repeat: 7 7 7 7 7 7"]
 
@@ -40,14 +41,12 @@ def test_greedy_static_engine_matches_generate(make_policy: Any, bucket: int, pr
     eos = policy.eos_token_ids
     for n in (1, 6, 19):
         settings = GenerationSettings(max_new_tokens=n, kv_bucket=bucket)
-        ref = generate_rollout(policy.model, policy.tokenizer, enc, settings, eos, greedy=True)
+        ref = generate_rollout(policy, enc, settings, greedy=True)
         tokens = static_generate(
             policy.model, enc.input_ids, enc.attention_mask, settings, eos, policy.tokenizer.pad_token_id, True,
             prefill_tokens=prefill_tokens,
         )  # fmt: skip
-        rollout = generate_rollout(
-            policy.model, policy.tokenizer, enc, dataclasses.replace(settings, engine="static"), eos, greedy=True
-        )
+        rollout = generate_rollout(policy, enc, dataclasses.replace(settings, engine="static"), greedy=True)
         assert torch.equal(rollout.response_ids, ref.response_ids)
         assert torch.equal(rollout.response_mask, ref.response_mask)
         valid = ref.response_mask.bool()
@@ -58,12 +57,9 @@ def test_greedy_static_engine_matches_generate(make_policy: Any, bucket: int, pr
 def test_static_engine_without_adapter_and_in_batches(make_policy: Any) -> None:
     policy = make_policy(lora=None)
     enc = _ragged(policy)
-    eos = policy.eos_token_ids
     settings = GenerationSettings(max_new_tokens=9, batch_size=3)
-    ref = generate_rollout(policy.model, policy.tokenizer, enc, settings, eos, greedy=True)
-    got = generate_rollout(
-        policy.model, policy.tokenizer, enc, dataclasses.replace(settings, engine="static"), eos, greedy=True
-    )
+    ref = generate_rollout(policy, enc, settings, greedy=True)
+    got = generate_rollout(policy, enc, dataclasses.replace(settings, engine="static"), greedy=True)
     assert torch.equal(got.response_ids, ref.response_ids) and torch.equal(got.truncated, ref.truncated)
 
 
@@ -71,7 +67,7 @@ def test_suppressed_eos_gives_fixed_length(make_policy: Any) -> None:
     policy = make_policy()
     enc = _ragged(policy).repeat_interleave(8)
     settings = GenerationSettings(max_new_tokens=40, temperature=1.5, suppress_eos=True, engine="static")
-    r = generate_rollout(policy.model, policy.tokenizer, enc, settings, policy.eos_token_ids)
+    r = generate_rollout(policy, enc, settings)
     assert (r.response_lengths == 40).all() and r.truncated.all()
     assert not torch.isin(r.response_ids, torch.tensor(policy.eos_token_ids)).any()
     assert last_decode_stats()["eager_steps"] == 39 and last_decode_stats()["graphs"] == 0  # CPU: no graphs
@@ -83,7 +79,7 @@ def test_eos_masks_like_generate_and_stops_early(make_policy: Any) -> None:
     eos = policy.eos_token_ids
     settings = GenerationSettings(max_new_tokens=200, temperature=1.0, engine="static")
     torch.manual_seed(0)
-    r = generate_rollout(policy.model, policy.tokenizer, enc, settings, eos)
+    r = generate_rollout(policy, enc, settings)
     for i in range(r.response_ids.shape[0]):
         n = int(r.response_mask[i].sum())
         tokens = r.response_ids[i, :n].tolist()

@@ -99,13 +99,13 @@ def test_remax_subtracts_the_greedy_samples_reward(make_policy: Any, copy_rows: 
     # the greedy responses, recomputed by argmax decoding
     from sppo_rl.llm.generation import generate_rollout
 
-    enc = trainer._encode_policy([trainer._render_policy(trainer.dataset.template.messages(r)) for r in batch.rows])
+    enc = trainer.collector.encode_policy(
+        [trainer.collector.render_policy(trainer.dataset.template.messages(r)) for r in batch.rows]
+    )
     greedy = generate_rollout(
-        trainer.policy.model,
-        trainer.policy.tokenizer,
+        trainer.policy,
         enc,
         trainer.config.generation,
-        trainer.policy.eos_token_ids,
         greedy=True,
     )
     expected_greedy = torch.tensor(parity_reward([], greedy.texts))
@@ -182,7 +182,7 @@ def test_policy_loss_matches_hand_computation_and_micro_batching(make_policy: An
     batch.old_logp = (batch.old_logp + 0.5 * torch.randn(batch.old_logp.shape, generator=gen)) * mask
     batch.advantages = torch.randn(batch.size, generator=gen)[:, None] * mask
     with torch.no_grad():
-        logp, _ = trainer._logprobs(batch.rollout)
+        logp, _ = trainer.collector.logprobs(batch.rollout)
     expected = _hand_loss(logp, batch.old_logp, batch.advantages, mask, 0.2, 3.0, mode)
 
     grads = []
@@ -211,7 +211,7 @@ def test_kl_term_uses_the_base_model(make_policy: Any, copy_rows: Any) -> None:
     assert batch.ref_logp is not None
     mask = batch.rollout.response_mask.float()
     with torch.no_grad(), trainer.policy.reference():
-        ref, _ = trainer._logprobs(batch.rollout)
+        ref, _ = trainer.collector.logprobs(batch.rollout)
     torch.testing.assert_close(batch.ref_logp, ref * mask)
     assert (batch.ref_logp - batch.old_logp).abs().max() > 1e-4
     metrics = trainer.train_policy(batch)

@@ -8,17 +8,13 @@ import pytest
 import torch
 from sppo_rl.llm.config import GenerationSettings
 from sppo_rl.llm.critic import CRITIC_ADAPTER, LMCritic, make_shared_critic
-from sppo_rl.llm.generation import (
-    EncodedPrompts,
-    PromptTooLongError,
-    encode_prompts,
-    generate_rollout,
-    left_pad,
-    position_ids_from_mask,
-    sequence_logprobs,
-)
+from sppo_rl.llm.generation import generate_rollout
+from sppo_rl.llm.logprobs import sequence_logprobs
 from sppo_rl.llm.models import ensure_pad_token, load_policy
-from sppo_rl.llm.tiny import TINY_QWEN2, build_random_model, train_tokenizer
+from sppo_rl.llm.random_init import build_random_model
+from sppo_rl.llm.sequences import EncodedPrompts, PromptTooLongError, encode_prompts, left_pad, position_ids_from_mask
+from sppo_rl.llm.tiny import TINY_QWEN2
+from sppo_rl.llm.tokenizer_training import train_tokenizer
 
 PROMPTS = ["Repeat: 3", "Repeat: 12 hard question", "easy"]
 
@@ -55,7 +51,7 @@ def test_generation_masks_eos_and_truncation(make_policy: Any) -> None:
     enc = _encode(policy).repeat_interleave(4)
     settings = GenerationSettings(temperature=1.0, max_new_tokens=6)
     torch.manual_seed(0)
-    r = generate_rollout(policy.model, policy.tokenizer, enc, settings, policy.eos_token_ids)
+    r = generate_rollout(policy, enc, settings)
     eos = policy.eos_token_ids
     for i in range(r.response_ids.shape[0]):
         n = int(r.response_mask[i].sum())
@@ -64,19 +60,15 @@ def test_generation_masks_eos_and_truncation(make_policy: Any) -> None:
         assert bool(r.truncated[i]) == (tokens[-1] not in eos) and n <= 6
         assert (r.response_ids[i, n:] == policy.tokenizer.pad_token_id).all()
     fixed = generate_rollout(
-        policy.model,
-        policy.tokenizer,
+        policy,
         enc,
         GenerationSettings(max_new_tokens=5, suppress_eos=True),
-        policy.eos_token_ids,
     )
     assert (fixed.response_lengths == 5).all() and fixed.truncated.all()
     static = generate_rollout(
-        policy.model,
-        policy.tokenizer,
+        policy,
         enc,
         GenerationSettings(max_new_tokens=3, batch_size=5, cache_implementation="dynamic"),
-        policy.eos_token_ids,
     )
     assert static.response_ids.shape[0] == enc.input_ids.shape[0]
 
@@ -228,9 +220,7 @@ def test_pad_token_policy(copy_rows: Any) -> None:
     model = build_random_model(dict(TINY_QWEN2), seed=0, tokenizer=no_pad)
     policy = load_policy(model, no_pad)
     enc = encode_prompts(policy.tokenizer, PROMPTS, 64)
-    r = generate_rollout(
-        policy.model, policy.tokenizer, enc, GenerationSettings(max_new_tokens=4), policy.eos_token_ids
-    )
+    r = generate_rollout(policy, enc, GenerationSettings(max_new_tokens=4))
     assert r.response_ids.shape[0] == 3
     bare = train_tokenizer(["abc"], vocab_size=30, pad_token=None)
     bare.eos_token = None
