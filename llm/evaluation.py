@@ -3,8 +3,9 @@
 ``avg@k`` is the success rate averaged over ``k`` samples of every prompt, then over prompts; ``pass@k`` is
 the fraction of prompts with at least one success among the ``k`` samples. With ``greedy=True`` one argmax
 response per prompt is scored (``k`` is 1). ``group_by`` breaks the accuracy down by a dataset column.
-Sampling runs under a forked, seeded random state, so evaluating never changes the training run's random numbers (a run with evaluations
-gives the same training numbers as one without) and the same seed gives the same evaluation.
+Sampling runs under a forked, seeded random state, so evaluating never changes the training run's random
+numbers (a run with evaluations gives the same training numbers as one without) and the same seed gives the
+same evaluation.
 """
 
 from __future__ import annotations

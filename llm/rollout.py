@@ -28,8 +28,8 @@ from .critic import LMCritic
 from .data import PromptDataset, has_chat_template, render_messages
 from .generation import GenerationEngine
 from .logprobs import policy_logprobs
-from .models import PolicyModel
 from .memory import peak_memory_mb
+from .models import PolicyModel
 from .rewards import RewardRunner, ScoredBatch
 from .sequences import EncodedPrompts, Rollout, encode_prompts
 

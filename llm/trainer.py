@@ -54,8 +54,8 @@ from .loading import (
     resolve_train_data,
     saved_tokenizer,
 )
-from .models import PolicyModel
 from .memory import peak_memory_mb, reset_peak_memory
+from .models import PolicyModel
 from .monitor import make_callback, make_logger
 from .rewards import RewardRunner, Verifier
 from .rollout import RolloutBatch, RolloutCollector
