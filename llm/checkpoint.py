@@ -135,9 +135,9 @@ def save_checkpoint(trainer: TrainerState, path: str) -> str:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
     save_file({k: v.contiguous() for k, v in rng.items()}, os.path.join(path, "rng_state.safetensors"))
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     py_state = random.getstate()
-    state = {
+    trainer_state: dict[str, Any] = {
         "iteration": trainer.iteration,
         "num_timesteps": trainer.num_timesteps,
         "sampler": trainer.sampler.state_dict(),
@@ -147,7 +147,7 @@ def save_checkpoint(trainer: TrainerState, path: str) -> str:
         "numpy_random": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }
     with open(os.path.join(path, "trainer_state.json"), "w", encoding="utf-8") as f:
-        json.dump(state, f)
+        json.dump(trainer_state, f)
 
     config = {
         "format": CHECKPOINT_FORMAT,

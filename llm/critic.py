@@ -79,7 +79,7 @@ class LMCritic(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Any,
         tokenizer: Any,
         value_head: str | type[ValueHead] | ValueHead = "bernoulli",
         max_prompt_length: int = 1024,
@@ -216,7 +216,7 @@ class LMCritic(nn.Module):
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load :meth:`trainable_state_dict` output; every expected key must be present."""
-        own = dict(self.trainable_named_parameters())
+        own: dict[str, Tensor] = dict(self.trainable_named_parameters())
         own.update({f"head.{n}": b for n, b in self.head.named_buffers()})
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

@@ -36,9 +36,6 @@ __all__ = [
 Message = dict[str, str]
 Row = dict[str, Any]
 
-MATH_BOXED_TEMPLATE = "{question}\nPlease output the final answer within \\boxed{}."
-"""The paper's prompt: the question followed by the boxed-answer instruction."""
-
 _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

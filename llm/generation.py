@@ -80,7 +80,7 @@ class MergedAdapterCopy:
             raise ValueError("generation.merge_adapter needs a LoRA policy (there is no adapter to merge)")
         self.adapter = policy.adapter_name
         base = policy.model.get_base_model()
-        layers = [(name, m) for name, m in base.named_modules() if isinstance(m, LoraLayer)]
+        layers: list[tuple[str, Any]] = [(name, m) for name, m in base.named_modules() if isinstance(m, LoraLayer)]
         for name, layer in layers:
             if layer.use_dora.get(self.adapter, False):
                 raise ValueError(f"generation.merge_adapter does not support DoRA (layer {name})")
@@ -91,7 +91,7 @@ class MergedAdapterCopy:
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, getattr(parent, attr).get_base_layer())
-        self.model: nn.Module = model.eval()
+        self.model: Any = model.eval()
         self.pairs = [(layer, model.get_submodule(name)) for name, layer in layers]
         self.n_refreshes = 0
         self.refresh()
@@ -135,7 +135,7 @@ class GenerationEngine:
         self.last_stats: dict[str, Any] = {}
 
     @property
-    def sampling_model(self) -> nn.Module:
+    def sampling_model(self) -> Any:
         """The model the sampler runs: the policy's own, or the merged copy."""
         return self.merged.model if self.merged is not None else self.policy.model
 

@@ -39,7 +39,7 @@ def build_dataset(spec: DataSpec, name: str = "prompts") -> PromptDataset:
     """
     if spec.source is None:
         raise ValueError(f"The {name} data section needs a source (a file, 'reasoning_gym:<task>' or 'toy:<task>')")
-    options = {k: v for k, v in {"size": spec.size, "seed": spec.seed}.items() if v is not None}
+    options: dict[str, Any] = {k: v for k, v in {"size": spec.size, "seed": spec.seed}.items() if v is not None}
     rows = load_rows(spec.source, **options)
     if spec.max_rows is not None:
         rows = rows[: spec.max_rows]

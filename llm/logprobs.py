@@ -84,7 +84,9 @@ def sequence_logprobs(
             lp, _ = checkpoint(_chunk_logprobs, hs, ts, head, temperature, softcap, False, use_reentrant=False)
             if with_entropy:
                 with torch.no_grad():
-                    ents.append(_chunk_logprobs(hs, ts, head, temperature, softcap, True)[1])
+                    ent = _chunk_logprobs(hs, ts, head, temperature, softcap, True)[1]
+                if ent is not None:
+                    ents.append(ent)
         else:
             lp, ent = _chunk_logprobs(hs, ts, head, temperature, softcap, with_entropy)
             if ent is not None:

@@ -179,7 +179,7 @@ def load_gguf_model(
     dtype: torch.dtype = torch.float32,
     causal_lm: bool = True,
     attn_implementation: str | None = None,
-) -> nn.Module:
+) -> Any:
     """Load a GGUF checkpoint, dequantised to ``dtype``, as an ordinary (unquantised) ``transformers`` model.
 
     transformers' ``from_pretrained(..., gguf_file=...)`` dequantises the weights but leaves a GGUF
@@ -217,7 +217,7 @@ def load_gguf_model(
     return model.eval()
 
 
-def load_pretrained_model(spec: ModelSpec, dtype: torch.dtype, causal_lm: bool = True) -> nn.Module:
+def load_pretrained_model(spec: ModelSpec, dtype: torch.dtype, causal_lm: bool = True) -> Any:
     """The pretrained model of ``spec`` (a local folder or a GGUF checkpoint), on the CPU, in ``dtype``.
 
     :param spec: ``spec.path`` (and ``spec.gguf_file``) name the checkpoint
@@ -242,7 +242,7 @@ def load_pretrained_model(spec: ModelSpec, dtype: torch.dtype, causal_lm: bool =
 
 
 def save_pretrained_model(
-    model: nn.Module,
+    model: Any,
     path: str,
     tokenizer: Any = None,
     adapter_name: str | None = "default",
@@ -302,7 +302,7 @@ def make_lora_config(lora: LoraSettings, task_type: str | None = "CAUSAL_LM") ->
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=target if isinstance(target, str) else list(target),
-        bias=lora.bias,
+        bias=lora.bias,  # type: ignore[arg-type]
         modules_to_save=lora.modules_to_save,
         task_type=task_type,
     )
@@ -346,14 +346,14 @@ def train_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.eval()
 
 
-def disable_attention_dropout(model: nn.Module) -> None:
+def disable_attention_dropout(model: Any) -> None:
     """Set the functional attention dropout of every attention module to 0 (RL fine-tuning uses no dropout)."""
     for m in model.modules():
         if isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
+            m.attention_dropout = 0.0  # type: ignore[assignment]
 
 
-def enable_activation_checkpointing(model: nn.Module) -> None:
+def enable_activation_checkpointing(model: Any) -> None:
     """Recompute activations in the backward pass (non-reentrant), with the API of any transformers version.
 
     :param model: a ``PreTrainedModel`` or a ``PeftModel`` around one
@@ -365,7 +365,7 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module | None, float | None]:
+def decoder_and_head(model: Any) -> tuple[Any, Any, float | None]:
     """The transformer trunk, the output head and the final-logit soft-cap of a causal LM (peft-wrapped or not).
 
     :param model: a ``PreTrainedModel`` (with or without LM head) or a ``PeftModel``
@@ -392,7 +392,7 @@ class PolicyModel:
     :param autocast_dtype: compute dtype of a policy whose float32 weights are all trained (``None``: none)
     """
 
-    model: nn.Module
+    model: Any
     tokenizer: Any
     adapter_name: str = "default"
     autocast_dtype: torch.dtype | None = None
@@ -416,7 +416,7 @@ class PolicyModel:
         return next(decoder.parameters()).dtype
 
     @property
-    def parts(self) -> tuple[nn.Module, nn.Module, float | None]:
+    def parts(self) -> tuple[Any, Any, float | None]:
         """``(decoder, lm_head, softcap)``, see :func:`decoder_and_head`."""
         decoder, head, softcap = decoder_and_head(self.model)
         if head is None:
@@ -471,7 +471,7 @@ class PolicyModel:
         return [p for n, p in self.model.named_parameters() if tag in n or n.endswith(f".{self.adapter_name}")]
 
 
-def _materialise_random(spec: ModelSpec, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
+def _materialise_random(spec: ModelSpec, tokenizer: Any, dtype: torch.dtype) -> Any:
     if not spec.config:
         raise ValueError("init='random' needs a model config, e.g. {model_type: qwen2, hidden_size: 64, ...}")
     return build_random_model(dict(spec.config), seed=spec.seed, causal_lm=True, dtype=dtype, tokenizer=tokenizer)

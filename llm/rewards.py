@@ -331,7 +331,7 @@ class FunctionReward(Verifier):
     def __init__(self, fn: RewardFn, name: str | None = None, success_threshold: float = 1.0) -> None:
         super().__init__("answer", success_threshold)
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.name: str = name or getattr(fn, "__name__", None) or type(fn).__name__
 
     def score(self, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
         columns = {k: [v] for k, v in row.items() if k not in _RESERVED_COLUMNS}
@@ -448,7 +448,7 @@ class RewardRunner:
         items = list(rewards) if isinstance(rewards, (list, tuple)) else [rewards]
         if not items:
             raise ValueError("RewardRunner needs at least one reward function")
-        self.verifiers: list[Verifier] = [r if isinstance(r, Verifier) else FunctionReward(r) for r in items]
+        self.verifiers: list[Verifier] = [r if isinstance(r, Verifier) else FunctionReward(r) for r in items]  # type: ignore[arg-type]
         self.weights = [1.0] * len(items) if weights is None else [float(w) for w in weights]
         if len(self.weights) != len(self.verifiers):
             raise ValueError(f"{len(self.weights)} weights for {len(self.verifiers)} reward functions")

@@ -130,7 +130,7 @@ def _attention_swapped(config: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _adapter_in_model_dtype(model: nn.Module, settings: GenerationSettings, decoder: StaticDecoder) -> Iterator[None]:
+def _adapter_in_model_dtype(model: Any, settings: GenerationSettings, decoder: StaticDecoder) -> Iterator[None]:
     """With ``settings.adapter_in_model_dtype`` and a peft model in bf16/fp16: the adapters (float32 weights) run
     in the base dtype (autocast without weight cache, so CUDA graphs can capture it; peft's input casting off)."""
     dtype = decoder.head.weight.dtype
@@ -180,7 +180,7 @@ class StaticDecoder:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,
         input_ids: Tensor,
         attention_mask: Tensor,
         settings: GenerationSettings,
@@ -402,7 +402,7 @@ class StaticDecoder:
 
 @torch.no_grad()
 def static_generate(
-    model: nn.Module,
+    model: Any,
     input_ids: Tensor,
     attention_mask: Tensor,
     settings: GenerationSettings,

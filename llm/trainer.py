@@ -132,10 +132,11 @@ class SPPOTrainer:
         self.policy_params = self.policy.trainable_parameters()
         if not self.policy_params:
             raise ValueError("The policy has no trainable parameters")
-        self.policy_optimizer = torch.optim.AdamW(
+        betas = (float(cfg.adam_betas[0]), float(cfg.adam_betas[1]))
+        self.policy_optimizer: torch.optim.Optimizer = torch.optim.AdamW(
             self.policy_params,
             lr=cfg.learning_rate,
-            betas=tuple(cfg.adam_betas),
+            betas=betas,
             eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
         )
@@ -146,7 +147,7 @@ class SPPOTrainer:
             self.critic_optimizer = torch.optim.AdamW(
                 self.critic_params,
                 lr=cfg.critic_learning_rate,
-                betas=tuple(cfg.adam_betas),
+                betas=betas,
                 eps=cfg.adam_eps,
                 weight_decay=cfg.critic_weight_decay,
             )
@@ -396,7 +397,7 @@ class SPPOTrainer:
         if n_iterations < 0:
             raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
         cb = make_callback(callback)
-        cb.init_callback(self)
+        cb.init_callback(self)  # type: ignore[arg-type]  # SB3 callbacks read get_env, logger, num_timesteps
         cb.on_training_start(locals(), globals())
         bar = None
         if progress_bar:

@@ -147,10 +147,6 @@ class EpisodeRolloutBuffer:
             return ()
         return tuple(self.action_space.shape)  # type: ignore[arg-type]
 
-    def open_length(self, env_idx: int) -> int:
-        """Number of recorded steps of the episode currently open in ``env_idx``."""
-        return len(self._open[env_idx])
-
     def end_episode(self, env_idx: int, outcome: float) -> None:
         """Close the open episode of ``env_idx`` with its outcome (no-op if nothing was recorded)."""
         steps = self._open[env_idx]

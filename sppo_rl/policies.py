@@ -11,6 +11,7 @@ Aliases (as SB3): ``"MlpPolicy"``, ``"CnnPolicy"``, ``"MultiInputPolicy"``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,10 @@ class SPPOPolicy(ActorCriticPolicy):
     ``self.critic_optimizer``; both use ``optimizer_class`` and ``optimizer_kwargs``.
     """
 
+    critic: SequenceCritic
+    critic_optimizer: th.optim.Optimizer
+    value_head_spec: ValueHeadSpec
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -175,11 +180,6 @@ class SPPOPolicy(ActorCriticPolicy):
         """Hidden sizes of the critic trunk."""
         return list(self.net_arch["vf"]) if isinstance(self.net_arch, dict) else list(self.net_arch)
 
-    @property
-    def value_head_name(self) -> str:
-        """``"bernoulli"``, ``"gaussian"``, a custom head's ``name``, or ``"auto"`` before resolution."""
-        return resolve_value_head_name(self.value_head_spec)
-
     def _build_mlp_extractor(self) -> None:
         # The actor half of SB3's MlpExtractor; its value branch is empty (no parameters).
         self.mlp_extractor = MlpExtractor(
@@ -220,7 +220,7 @@ class SPPOPolicy(ActorCriticPolicy):
             normalize_images=self.normalize_images,
         )
         # A value_net attribute keeps SB3 code that looks for it working; it is the critic.
-        self.value_net = self.critic
+        self.value_net = self.critic  # type: ignore[assignment]
         if self.ortho_init:
             gains = {
                 self.features_extractor: np.sqrt(2),
@@ -231,8 +231,10 @@ class SPPOPolicy(ActorCriticPolicy):
                 self.critic.head: 1.0,
             }
             for module, gain in gains.items():
-                module.apply(lambda m, g=gain: self.init_weights(m, gain=g))
-        self.optimizer = self.optimizer_class(self.actor_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+                module.apply(partial(self.init_weights, gain=gain))
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            self.actor_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
         self.critic_optimizer = self._make_critic_optimizer(lr_schedule(1))
 
     def _make_critic_optimizer(self, lr: float) -> th.optim.Optimizer:
@@ -312,7 +314,8 @@ class SPPOPolicy(ActorCriticPolicy):
         distribution = self.get_distribution(obs)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
-        return actions.reshape((-1, *self.action_space.shape)), self.predict_values(obs), log_prob
+        shape: tuple[int, ...] = tuple(self.action_space.shape or ())
+        return actions.reshape((-1, *shape)), self.predict_values(obs), log_prob
 
     def evaluate_actions(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Critic baseline ``(B, 1)``, log-probabilities and entropy, as SB3's signature."""
@@ -326,14 +329,14 @@ MlpPolicy = SPPOPolicy
 class CnnPolicy(SPPOPolicy):
     """:class:`SPPOPolicy` with SB3's ``NatureCNN`` features extractors (one for the actor, one for the critic)."""
 
-    def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any):
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", NatureCNN)
+        super().__init__(*args, **kwargs)
 
 
 class MultiInputPolicy(SPPOPolicy):
     """:class:`SPPOPolicy` for ``Dict`` observations, with SB3's ``CombinedExtractor``."""
 
-    def __init__(
-        self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs: Any
-    ):
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", CombinedExtractor)
+        super().__init__(*args, **kwargs)

@@ -335,6 +335,7 @@ class SPPO(OnPolicyAlgorithm):
     ) -> bool:
         """Collect whole episodes (see the module docstring); returns False if a callback stopped training."""
         assert self._last_obs is not None, "No previous observation was provided"
+        action_shape: tuple[int, ...] = tuple(self.action_space.shape or ())
         self.policy.set_training_mode(False)
         if self._needs_reset:
             # the previous rollout dropped unfinished episodes: start every env on a fresh episode
@@ -359,7 +360,7 @@ class SPPO(OnPolicyAlgorithm):
                 distribution = self.policy.get_distribution(obs_tensor)
                 actions_t = distribution.get_actions()
                 log_probs = distribution.log_prob(actions_t)
-            actions = actions_t.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+            actions = actions_t.cpu().numpy().reshape((-1, *action_shape))
             env_actions = actions
             if isinstance(self.action_space, spaces.Box):
                 env_actions = np.clip(actions, self.action_space.low, self.action_space.high)
@@ -373,7 +374,7 @@ class SPPO(OnPolicyAlgorithm):
 
             # Only episodes that began before the threshold are recorded: keeping later ones only when they
             # happen to end early would bias the sample towards short episodes.
-            rollout_buffer.add(self._last_obs, actions, log_probs.cpu().numpy(), required)
+            rollout_buffer.add(self._last_obs, actions, log_probs.cpu().numpy(), required)  # type: ignore[arg-type]
             n_unrecorded += int(n_envs - required.sum())
             raw_rewards = vec_normalize.get_original_reward() if vec_normalize is not None else rewards
             episode_return += raw_rewards
@@ -428,6 +429,7 @@ class SPPO(OnPolicyAlgorithm):
         with th.no_grad():
             baselines = critic.baseline(buffer.start_observations_tensor()).to(outcomes.dtype)
         estimator = get_advantage_estimator(self.advantage_estimator)
+        assert self.advantage_fn is not None, "the model was not set up (_setup_model)"
         advantages = self.advantage_fn(**estimator.select_inputs({"outcomes": outcomes, "baselines": baselines}))
         if self.normalize_advantage and advantages.numel() > 1:
             advantages = whiten_advantages(advantages)

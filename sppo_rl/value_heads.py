@@ -147,6 +147,10 @@ class GaussianValueHead(ValueHead):
 
     name: ClassVar[str] = "gaussian"
 
+    count: Tensor
+    mean: Tensor
+    m2: Tensor
+
     def __init__(self, features_dim: int, normalize: bool = True, min_std: float = 1e-2) -> None:
         super().__init__(features_dim)
         self.normalize = normalize

@@ -364,4 +364,4 @@ def test_policy_is_an_sb3_actor_critic_policy():
     assert actions.shape == (5,) and values.shape == (5, 1) and log_prob.shape == (5,)
     values2, log_prob2, entropy = model.policy.evaluate_actions(obs, actions)
     assert th.allclose(values, values2) and th.allclose(log_prob, log_prob2) and entropy.shape == (5,)
-    assert isinstance(ValueHead, type)
+    assert isinstance(model.policy.critic.head, ValueHead)

@@ -77,7 +77,7 @@ def test_grpo_runs_through_the_same_trainer(make_policy: Any, copy_rows: Any) ->
         assert np.isfinite(m[key]), key
     assert "train/value_mean" not in m  # no critic
     # two mini-batches per epoch: the second one sees a moved policy
-    assert m["train/approx_kl"] >= 0
+    assert m["train/approx_kl"] > 0
 
 
 def _calibration_rows() -> list[dict[str, Any]]:

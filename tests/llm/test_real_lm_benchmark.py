@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("matplotlib")
 
-from tests.llm.test_llm_gguf import write_tiny_gguf
+from tests.llm.gguf_helpers import write_tiny_gguf
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
