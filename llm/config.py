@@ -418,6 +418,9 @@ class RunConfig:
     :param eval: evaluation settings
     :param output_dir: where logs and checkpoints go
     :param seed: overrides ``trainer.seed`` when set
+    :param imports: Python modules imported before anything is built, from the working folder or the installed
+        packages: where your own advantage estimators, reward functions or generation engines register themselves
+        (e.g. ``[my_estimators]`` for a ``my_estimators.py`` beside the config's working folder)
     """
 
     policy: ModelSpec = field(default_factory=ModelSpec)
@@ -430,6 +433,7 @@ class RunConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     output_dir: str = "runs/sppo-llm"
     seed: int | None = None
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.seed is not None:

@@ -7,8 +7,10 @@ its checkpoints, so that the trainer, its checkpoints and the command line impor
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import nn
@@ -21,6 +23,7 @@ from .rewards import RewardRunner, Verifier, make_reward
 
 __all__ = [
     "DatasetTexts",
+    "import_user_modules",
     "build_dataset",
     "build_models",
     "build_rewards",
@@ -28,6 +31,22 @@ __all__ = [
     "resolve_train_data",
     "saved_tokenizer",
 ]
+
+
+def import_user_modules(modules: Sequence[str]) -> None:
+    """Import the modules a run config names (``imports``), with the working folder on the import path.
+
+    :param modules: module names, e.g. ``["my_estimators"]``
+    :raises ImportError: naming the module and the working folder
+    """
+    cwd = os.getcwd()
+    if modules and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ImportError(f"imports: cannot import {name!r} (working folder {cwd}): {exc}") from exc
 
 
 def build_dataset(spec: DataSpec, name: str = "prompts") -> PromptDataset:

@@ -50,6 +50,7 @@ from .loading import (
     build_dataset,
     build_models,
     build_rewards,
+    import_user_modules,
     resolve_rewards,
     resolve_train_data,
     saved_tokenizer,
@@ -189,6 +190,7 @@ class SPPOTrainer:
         :param verbose: 0 silences stdout logging
         :param logger: an SB3 logger (default: SB3 ``configure(output_dir, train.logger)``)
         """
+        import_user_modules(config.imports)
         dataset = build_dataset(config.data, "train")
         eval_dataset = build_dataset(config.eval_data, "eval") if config.eval_data is not None else None
         rewards = build_rewards(config.reward, config.data.answer_column)
