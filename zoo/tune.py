@@ -53,8 +53,10 @@ from .errors import ZooError
 from .evaluate import EpisodeStats, run_episodes
 from .hyperparams import Hyperparams, build_hyperparams, dump_yaml, entry_for, parse_overrides
 from .plots import save_study_plots
+from .runs import make_folder
+from .samplers import TrialSeededSampler
 from .search_spaces import SearchContext, SearchSpace, load_search_space
-from .storage import Heartbeat, StudyStorage, open_storage
+from .storage import Heartbeat, StudyStorage, hide_password, open_storage
 from .train import create_model, make_envs
 
 __all__ = [
@@ -189,9 +191,19 @@ class ObjectiveSpec:
         )
 
 
+def _tpe(n_startup_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            n_startup_trials=n_startup_trials, seed=seed, multivariate=True, constant_liar=True
+        )
+
+
 def make_sampler(name: str, n_startup_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
     """``tpe`` (multivariate TPE with the constant liar for parallel trials, random for the first
-    ``n_startup_trials``) or ``random``.
+    ``n_startup_trials``) or ``random``, seeded per trial from ``(seed, trial number)``
+    (:class:`~sppo_rl.zoo.samplers.TrialSeededSampler`): a study resumed or joined with the same seed does not
+    propose its finished trials' parameters again.
 
     :param name: the sampler name
     :param n_startup_trials: random trials before TPE models the results
@@ -200,13 +212,9 @@ def make_sampler(name: str, n_startup_trials: int, seed: int | None) -> optuna.s
     :raises ZooError: for an unknown name
     """
     if name == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                n_startup_trials=n_startup_trials, seed=seed, multivariate=True, constant_liar=True
-            )
+        return TrialSeededSampler(lambda trial_seed: _tpe(n_startup_trials, trial_seed), seed)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededSampler(lambda trial_seed: optuna.samplers.RandomSampler(seed=trial_seed), seed)
     raise ZooError(f"Unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
@@ -451,7 +459,7 @@ class _Worker:
 
     def _next_trial(self) -> optuna.Trial | bool | None:
         """A new trial, ``None`` to wait for running ones, or ``False`` when the budget is spent."""
-        with self.storage.budget_lock():
+        with self.storage.budget_lock(self.study.study_name):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
@@ -650,7 +658,7 @@ def _write_outputs(
     interrupted: bool,
 ) -> dict[str, Any]:
     out_dir = Path(settings.log_folder) / objective.algo / f"tune_{re.sub(r'[^A-Za-z0-9_.-]+', '-', study.study_name)}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     files: dict[str, str] = {}
     frame = study.trials_dataframe()
     csv_path = out_dir / "trials.csv"
@@ -658,7 +666,7 @@ def _write_outputs(
     files["trials"] = str(csv_path)
 
     best = _best_trial(study)
-    command = settings.command or shlex.join(sys.argv)
+    command = hide_password(settings.command or shlex.join(sys.argv))
     if best is not None:
         entry = dict(best.user_attrs.get("hyperparams", {}))
         comment = (

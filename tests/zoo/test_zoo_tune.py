@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import optuna
@@ -162,17 +163,43 @@ def test_parallel_jobs_respect_the_budget(zoo, fast_tune, tmp_path: Path) -> Non
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
 
 
-def test_postgresql_without_its_driver_is_one_line(zoo) -> None:
-    pytest.importorskip("sqlalchemy")
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("psycopg2 is installed")
-    result = zoo(["tune", "--algo", "sppo", "--env", "LineTarget-v0", "--storage", "postgresql://u:p@localhost/db"])
+@pytest.mark.parametrize(
+    ("scheme", "module", "package"),
+    [("postgresql+psycopg", "psycopg", '"psycopg[binary]"'), ("postgresql+psycopg2", "psycopg2", "psycopg2-binary")],
+)
+def test_postgresql_without_its_driver_is_one_line(
+    zoo, monkeypatch: pytest.MonkeyPatch, scheme: str, module: str, package: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises ImportError
+    url = f"{scheme}://u:secret@localhost/db"
+    result = zoo(["tune", "--algo", "sppo", "--env", "LineTarget-v0", "--storage", url])
     assert result.code == 2
     assert result.err.strip() == (
-        "sppo-zoo: error: --storage 'postgresql://u:p@localhost/db' needs psycopg2 (pip install psycopg2-binary), "
-        "which is not installed"
+        f"sppo-zoo: error: --storage '{scheme}://u:***@localhost/db' needs the Python module {module} "
+        f"(pip install {package}), which is not installed"
     )
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///resume.db", "resume.log"])
+def test_resuming_with_the_same_sampler_seed_does_not_repeat_finished_trials(
+    zoo, fast_tune, tmp_path: Path, storage: str
+) -> None:
+    # six random start-up trials: before, the resumed run replayed the first three trials' parameters
+    argv = ["tune", "--storage", storage, "--sampler-seed", "7", "--pruner", "none", *fast_tune,
+            "--n-startup-trials", "6"]  # fmt: skip
+    assert zoo([*argv, "--n-trials", "3"]).code == 0
+
+    def trials() -> list[optuna.trial.FrozenTrial]:
+        opened = storage
+        if storage.endswith(".log"):
+            opened = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+        return optuna.load_study(study_name="sppo-LineTarget-v0", storage=opened).trials
+
+    first = [t.params for t in trials()]
+    result = zoo([*argv, "--n-trials", "6"])
+    assert result.code == 0, result.err
+    resumed = trials()
+    assert [t.state for t in resumed] == [TrialState.COMPLETE] * 6
+    assert [t.params for t in resumed[:3]] == first
+    assert len({t.params["learning_rate"] for t in resumed}) == 6
+    assert len({tuple(sorted(t.params.items())) for t in resumed}) == 6
