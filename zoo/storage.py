@@ -172,7 +172,7 @@ def _missing_driver(err: ImportError) -> str:
 def hide_password(text_with_urls: str) -> str:
     """``text_with_urls`` with the password of every ``scheme://user:password@host`` URL replaced by ``***``
     (for what is printed and written to files: the summary, ``best_hyperparams.yml``)."""
-    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", r"\1***@", text_with_urls)
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]*@", r"\1***@", text_with_urls)
 
 
 def _make_folder(folder: Path, option: str) -> None:

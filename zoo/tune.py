@@ -10,8 +10,9 @@ What differs from rl-baselines3-zoo's tuner:
 - **The metric is the success rate** when the env reports ``info["is_success"]`` (checked once with a random
   episode), the mean return otherwise; the choice is printed and stored in the study.
 - **The trial budget is the study's**: ``--n-trials`` counts finished trials (complete, pruned, or failed
-  with an error) over every process and every resume of the study; processes on one machine take a lock
-  (next to the SQLite or journal file) before starting a trial, so they run exactly that many together.
+  with an error) over every process and every resume of the study; processes take a shared lock (a file next
+  to the SQLite or journal file; an advisory lock of a PostgreSQL server) before starting a trial, so they run
+  exactly that many together.
 - **Failures are recorded, not fatal**: a trial whose parameters become NaN or infinite is pruned with
   ``pruned_reason`` (``diverged: ...``); any other exception fails it with ``fail_reason``; the study goes on.
   A trial whose process died (no heartbeat for two intervals) is failed by Optuna's stale-trial check and
@@ -490,6 +491,23 @@ class _Worker:
                 self._run_trial(trial)
 
     def _run_trial(self, trial: optuna.Trial) -> None:
+        """Run one trial and tell its result.
+
+        A trial that another process has failed in the meantime (its heartbeats came too late: a stalled machine or
+        network) cannot take its result any more: the result is dropped, and the trial (FAIL, not counted) is run
+        again, as for a dead process.
+        """
+        try:
+            self._run_and_tell(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._report(trial.number, "DROPPED", "failed meanwhile by another process (no heartbeat in time)")
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
+        told = self.study.tell(trial, value, state=state, skip_if_finished=True)
+        if told.state != state:
+            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is already {told.state.name}")
+
+    def _run_and_tell(self, trial: optuna.Trial) -> None:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             value = self.objective(trial)
@@ -498,24 +516,26 @@ class _Worker:
             if isinstance(err, DivergedError):
                 reason = f"diverged: {err}"
             trial.set_user_attr("pruned_reason", _one_line(reason))
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self._tell(trial, TrialState.PRUNED)
             self._report(trial.number, "PRUNED", reason)
         except (_Interrupted, KeyboardInterrupt) as err:
             self.stop.set()
             trial.set_user_attr(FAIL_KIND, "interrupted")
             trial.set_user_attr("fail_reason", _one_line(str(err) or "interrupted (KeyboardInterrupt)"))
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell(trial, TrialState.FAIL)
             self._report(trial.number, "FAIL", "interrupted")
             if isinstance(err, KeyboardInterrupt):
                 raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise
         except Exception as err:  # any failure of one trial: record it and go on with the study
             reason = _one_line(f"{type(err).__name__}: {err}")
             trial.set_user_attr(FAIL_KIND, "error")
             trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell(trial, TrialState.FAIL)
             self._report(trial.number, "FAIL", reason)
         else:
-            self.study.tell(trial, value)
+            self._tell(trial, TrialState.COMPLETE, value)
             per_seed = ", ".join(f"{v:.3g}" for v in trial.user_attrs.get("values_per_seed", []))
             self._report(trial.number, "COMPLETE", f"{self.objective.objective.metric} {value:.4g} (seeds: {per_seed})")
 

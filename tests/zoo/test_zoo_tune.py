@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sppo_rl.zoo.storage import hide_password
 
 SPACES = '''
 import math
@@ -21,6 +22,15 @@ def diverge_or_raise(trial, context):
     kind = ("ok", "nan", "raise")[trial.number % 3]
     trial.set_user_attr("kind", kind)
     return {"ok": {}, "nan": {"ent_coef": math.nan}, "raise": {"loss_agg_mode": "bogus"}}[kind]
+
+
+def failed_by_another_process(trial, context):
+    """Trial 0 is failed from outside while it runs, as another process's heartbeat check would fail it."""
+    if trial.number == 0:
+        from optuna.trial import TrialState
+
+        trial.study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    return {}
 
 
 def easy_then_hopeless(trial, context):
@@ -203,3 +213,30 @@ def test_resuming_with_the_same_sampler_seed_does_not_repeat_finished_trials(
     assert [t.params for t in resumed[:3]] == first
     assert len({t.params["learning_rate"] for t in resumed}) == 6
     assert len({tuple(sorted(t.params.items())) for t in resumed}) == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql+psycopg://u:s3cr%40t@db:5432/optuna", "postgresql+psycopg://u:***@db:5432/optuna"),
+        ("--storage 'mysql+pymysql://root:pw@h/db' -n 5", "--storage 'mysql+pymysql://root:***@h/db' -n 5"),
+        ("postgresql://u@db/optuna", "postgresql://u@db/optuna"),  # no password
+        ("sqlite:///a:b@c.db", "sqlite:///a:b@c.db"),  # a file name, not a password
+        ("http://host:8080/path@x", "http://host:8080/path@x"),  # a port, not a password
+    ],
+)
+def test_passwords_in_storage_urls_are_hidden(text: str, shown: str) -> None:
+    assert hide_password(text) == shown
+
+
+def test_a_trial_failed_meanwhile_by_another_process_is_dropped_and_replaced(
+    zoo, fast_tune, spaces: str, tmp_path: Path
+) -> None:
+    argv = ["tune", "--n-trials", "2", "--pruner", "none", "--storage", "sqlite:///late.db", "--search-space",
+            f"{spaces}:failed_by_another_process", *fast_tune, "--verbose", "1"]  # fmt: skip
+    result = zoo(argv)
+    assert result.code == 0, result.err
+    assert "Trial 0 DROPPED: failed meanwhile by another process (no heartbeat in time)" in result.out
+    trials = optuna.load_study(study_name="sppo-LineTarget-v0", storage="sqlite:///late.db").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "fail_kind" not in trials[0].user_attrs  # not counted: two more trials make the budget
