@@ -10,7 +10,7 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .errors import ZooError
@@ -28,6 +28,31 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum``; otherwise argparse's one-line error names the
+    option, e.g. ``argument -n/--n-timesteps: must be at least 1, got -5``.
+
+    :param minimum: the smallest value accepted
+    :return: the converter
+    """
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    convert.__name__ = f"integer >= {minimum}"
+    return convert
+
+
+_COUNT = _at_least(1)
+_NON_NEGATIVE = _at_least(0)
+
+
 def _algo_names() -> list[str]:
     from .algos import ALGOS
 
@@ -40,7 +65,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--log-folder", default="logs", help="log folder (default: logs)")
     parser.add_argument("--gym-packages", nargs="+", default=[], help="modules to import for their env ids")
     parser.add_argument("--device", default="auto", help="torch device (default: auto)")
-    parser.add_argument("--verbose", type=int, default=1, help="verbosity: 0 quiet, 1 info (default), 2 debug")
+    parser.add_argument(
+        "--verbose", type=_NON_NEGATIVE, default=1, help="verbosity: 0 quiet, 1 info (default), 2 debug"
+    )
 
 
 def _add_hyperparams(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +81,7 @@ def _add_hyperparams(parser: argparse.ArgumentParser) -> None:
         metavar="KEY:VALUE",
         help="override hyperparameters, e.g. learning_rate:1e-3 'policy_kwargs:dict(net_arch=[64])'",
     )
-    parser.add_argument("-n", "--n-timesteps", type=int, default=-1, help="training steps (default: from the YAML)")
+    parser.add_argument("-n", "--n-timesteps", type=_COUNT, default=-1, help="training steps (default: from the YAML)")
     parser.add_argument("--vec-env", choices=["dummy", "subproc"], default="dummy", help="vector env class")
     parser.add_argument(
         "--num-threads", type=int, default=1, help="torch threads (default: 1, fastest for small MLPs; 0: torch's)"
@@ -64,23 +91,30 @@ def _add_hyperparams(parser: argparse.ArgumentParser) -> None:
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``tune`` (also accepted by ``train -optimize``)."""
     group = parser.add_argument_group("tuning")
-    group.add_argument("--n-trials", type=int, default=10, help="finished trials of the study, all processes together")
-    group.add_argument("--n-jobs", type=int, default=1, help="trials in parallel in this process (threads)")
+    group.add_argument(
+        "--n-trials", type=_COUNT, default=10, help="finished trials of the study, all processes together"
+    )
+    group.add_argument("--n-jobs", type=_COUNT, default=1, help="trials in parallel in this process (threads)")
     group.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler (default: tpe)")
-    group.add_argument("--sampler-seed", type=int, default=None, help="sampler seed (default: random)")
+    group.add_argument("--sampler-seed", type=_NON_NEGATIVE, default=None, help="sampler seed (default: random)")
     group.add_argument(
         "--pruner", choices=["median", "halving", "none"], default="median", help="Optuna pruner (default: median)"
     )
-    group.add_argument("--n-startup-trials", type=int, default=5, help="random trials before TPE / the pruner act")
-    group.add_argument("--n-evaluations", type=int, default=5, help="evaluation points per trial (for pruning)")
-    group.add_argument("--n-seeds-per-trial", type=int, default=1, help="seeds trained per trial")
+    group.add_argument(
+        "--n-startup-trials", type=_NON_NEGATIVE, default=5, help="random trials before TPE / the pruner act"
+    )
+    group.add_argument("--n-evaluations", type=_COUNT, default=5, help="evaluation points per trial (for pruning)")
+    group.add_argument("--n-seeds-per-trial", type=_COUNT, default=1, help="seeds trained per trial")
     group.add_argument(
         "--objective", choices=["mean", "median"], default="mean", help="aggregate over the seeds (default: mean)"
     )
     group.add_argument("--storage", default=None, help="sqlite:///study.db, postgresql://..., or a journal file *.log")
     group.add_argument("--study-name", default=None, help="study name (default: <algo>-<env>)")
     group.add_argument(
-        "--heartbeat-interval", type=int, default=30, help="seconds between heartbeats of running trials (default: 30)"
+        "--heartbeat-interval",
+        type=_COUNT,
+        default=30,
+        help="seconds between heartbeats of running trials (default: 30)",
     )
     group.add_argument("--search-space", default=None, help="module:function replacing the algorithm's search space")
 
@@ -96,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=-1, help="random seed (default: random; tune: 0)")
     train.add_argument("-i", "--trained-agent", default=None, help="continue training this saved model (.zip)")
     train.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N steps (<= 0: never)")
-    train.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    train.add_argument("--eval-episodes", type=_COUNT, default=10, help="episodes per evaluation")
     train.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N steps (<= 0: never)")
     train.add_argument("-P", "--progress", dest="progress_bar", action="store_true", help="show a progress bar")
     train.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard log folder")
@@ -115,25 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="tune hyperparameters with Optuna", description="Tune with Optuna.")
     _add_common(tune)
     _add_hyperparams(tune)
-    tune.add_argument("--seed", type=int, default=0, help="first training seed of every trial (default: 0)")
-    tune.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation and seed")
+    tune.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="first training seed of every trial (default: 0)")
+    tune.add_argument("--eval-episodes", type=_COUNT, default=10, help="episodes per evaluation and seed")
     tune.add_argument("--stochastic-eval", action="store_true", help="stochastic actions in evaluations")
     add_tune_arguments(tune)
 
     evaluate = commands.add_parser("eval", help="evaluate a saved run", description="Evaluate a saved run.")
     _add_common(evaluate)
-    evaluate.add_argument("--exp-id", type=int, default=0, help="experiment id (default: 0, the latest)")
-    evaluate.add_argument("-n", "--n-episodes", type=int, default=100, help="episodes (default: 100)")
+    evaluate.add_argument("--exp-id", type=_NON_NEGATIVE, default=0, help="experiment id (default: 0, the latest)")
+    evaluate.add_argument("-n", "--n-episodes", type=_COUNT, default=100, help="episodes (default: 100)")
     evaluate.add_argument("--load-best", action="store_true", help="load best_model.zip")
-    evaluate.add_argument("--load-checkpoint", type=int, default=None, metavar="STEPS", help="load a checkpoint")
+    evaluate.add_argument("--load-checkpoint", type=_COUNT, default=None, metavar="STEPS", help="load a checkpoint")
     evaluate.add_argument("--stochastic", action="store_true", help="stochastic actions")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs (default: 0)")
-    evaluate.add_argument("--n-envs", type=int, default=1, help="evaluation envs (default: 1)")
+    evaluate.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="seed of the evaluation envs (default: 0)")
+    evaluate.add_argument("--n-envs", type=_COUNT, default=1, help="evaluation envs (default: 1)")
     evaluate.add_argument(
         "--json", dest="json_path", default=None, help="JSON file (default: <run>/eval_<model>.json; -: stdout)"
     )
     evaluate.add_argument("--video", action="store_true", help="also record a GIF (Pillow)")
-    evaluate.add_argument("--video-length", type=int, default=300, help="steps in the GIF (default: 300)")
+    evaluate.add_argument("--video-length", type=_COUNT, default=300, help="steps in the GIF (default: 300)")
     evaluate.add_argument("--video-path", default=None, help="GIF file (default: <run>/videos/<env>_<model>.gif)")
 
     suite = commands.add_parser(
@@ -145,10 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument(
         "--algos", nargs="+", default=["sppo", "ppo", "ppo-sb3"], help="stage-3 algorithms (default: all three)"
     )
-    suite.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    suite.add_argument("--jobs", type=int, default=1, help="parallel processes for stage 3 (default: 1)")
-    suite.add_argument("--episodes", type=int, default=None, help="episode budget per run (default: suite.yml)")
-    suite.add_argument("--window", type=int, default=None, help="episodes per curve point (default: suite.yml)")
+    suite.add_argument("--seeds", nargs="+", type=_NON_NEGATIVE, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    suite.add_argument("--jobs", type=_COUNT, default=1, help="parallel processes for stage 3 (default: 1)")
+    suite.add_argument("--episodes", type=_COUNT, default=None, help="episode budget per run (default: suite.yml)")
+    suite.add_argument("--window", type=_COUNT, default=None, help="episodes per curve point (default: suite.yml)")
     suite.add_argument("--out", dest="out_dir", default="logs/suite", help="results folder (default: logs/suite)")
     suite.add_argument("--expert-cache", default=None, help="expert cache (default: ~/.cache/sppo-rl/experts)")
     suite.add_argument("--start-policy", default=None, help="start policy file (default: the committed one)")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ZooError
+from .runs import folder_removed_on_failure
 
 __all__ = ["SuiteSettings", "format_table", "plot_curves", "prepare_start_policy", "run_suite"]
 
@@ -251,7 +252,17 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         raise ZooError(f"--window must be between 1 and the episode budget {episodes} (got {window})")
 
     out = Path(settings.out_dir) / settings.env_id
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_removed_on_failure(out):
+        return _run_stages(settings, config, out, algos, seeds, window)
+
+
+def _run_stages(
+    settings: SuiteSettings, config: Any, out: Path, algos: list[str], seeds: list[int], window: int
+) -> dict[str, Any]:
+    """Get the start policy, run stage 3, write the results to ``out`` (see :func:`run_suite`)."""
+    from . import protocol
+
+    episodes = int(config.rl["episodes"])
     start_path = Path(settings.start_policy) if settings.start_policy else protocol.start_policy_path(settings.env_id)
     wall0 = time.perf_counter()
     actor, meta = prepare_start_policy(

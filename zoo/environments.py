@@ -185,7 +185,7 @@ def probe_success(factory: EnvFactory, env_kwargs: Mapping[str, Any] | None = No
     """
     try:
         env = factory(**dict(env_kwargs or {}))
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # an unknown keyword; a value the env refuses
         raise ZooError(f"Cannot build {factory.env_id!r} with env_kwargs={dict(env_kwargs or {})}: {err}") from err
     try:
         env.reset(seed=0)

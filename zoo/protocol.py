@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sppo_rl import SPPO
+
+from .errors import ZooError
 
 __all__ = [
     "RL_ALGOS",
@@ -429,13 +432,53 @@ def save_start_policy(path: str | Path, clone: CloneResult, config: TaskConfig, 
         "bc": config.bc,
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    th.save({"actor": clone.actor_state, "meta": meta}, path)
+    th.save({"actor": clone.actor_state, "meta": _plain(meta)}, path)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python numbers and lists: what ``torch.load(weights_only=True)``
+    reads back."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
+
+
+def _refused_global(err: Exception) -> str:
+    """What ``torch.load(weights_only=True)`` refused, from its (long) message."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if match:
+        return f"it needs {match.group(1)} to unpickle"
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def load_start_policy(path: str | Path) -> tuple[dict[str, th.Tensor], dict[str, Any]]:
-    """Load a start policy saved by :func:`save_start_policy`: (actor weights, metadata)."""
-    blob = th.load(path, map_location="cpu", weights_only=False)
-    return blob["actor"], blob["meta"]
+    """Load a start policy saved by :func:`save_start_policy`: (actor weights, metadata).
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain Python values only, so a crafted
+    file cannot run code while it loads (a full unpickle would run whatever the file asks for).
+
+    :param path: the ``.pt`` file
+    :return: the actor's state dict and the metadata
+    :raises ZooError: if the file cannot be read that way or is not a start policy
+    """
+    try:
+        blob = th.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for refused objects; RuntimeError, EOFError... for broken files
+        raise ZooError(
+            f"Start policy {path}: refused, not a file of tensors and plain values ({_refused_global(err)}); "
+            "start policies are loaded without running code from the file: rebuild it with --rebuild-start"
+        ) from None
+    actor = blob.get("actor") if isinstance(blob, dict) else None
+    meta = blob.get("meta") if isinstance(blob, dict) else None
+    if not isinstance(actor, dict) or not isinstance(meta, dict):
+        raise ZooError(f"Start policy {path}: not a start policy (expected a dict with 'actor' and 'meta')")
+    if not all(isinstance(v, th.Tensor) for v in actor.values()):
+        raise ZooError(f"Start policy {path}: its 'actor' entry is not a state dict of tensors")
+    return actor, meta
 
 
 # ---------------------------------------------------------------------------------------------------------

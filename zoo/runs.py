@@ -12,18 +12,30 @@
     <env>/args.yml            the command-line arguments
     <env>/vecnormalize.pkl    VecNormalize statistics (when normalize is set)
 
-Experiment ids count from 1; ``--exp-id 0`` means the latest run.
+Experiment ids count from 1; ``--exp-id 0`` means the latest run. A run that fails before it has saved a model
+(bad hyperparameters, an env that cannot be built...) removes its folder (:func:`removed_on_failure`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ZooError
 
-__all__ = ["RunPaths", "find_run", "latest_exp_id", "new_run"]
+__all__ = [
+    "RunPaths",
+    "find_run",
+    "folder_removed_on_failure",
+    "latest_exp_id",
+    "make_folder",
+    "new_run",
+    "removed_on_failure",
+]
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,18 @@ class RunPaths:
         return self.root / f"rl_model_vecnormalize_{steps}_steps.pkl"
 
 
+def make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``, with a one-line error.
+
+    :param folder: the folder
+    :raises ZooError: if it cannot be created (a file in the way, no permission...)
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ZooError(f"Cannot create the folder {folder} ({err.strerror or err})") from None
+
+
 def _exp_ids(algo_dir: Path, env_name: str) -> list[int]:
     pattern = re.compile(rf"^{re.escape(env_name)}_(\d+)$")
     if not algo_dir.is_dir():
@@ -108,7 +132,7 @@ def new_run(log_folder: str | Path, algo: str, env_name: str) -> RunPaths:
     :return: its paths (the run folder and ``<env>/`` exist)
     """
     algo_dir = Path(log_folder) / algo
-    algo_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(algo_dir)
     exp_id = latest_exp_id(log_folder, algo, env_name) + 1
     while True:
         root = algo_dir / f"{env_name}_{exp_id}"
@@ -120,6 +144,39 @@ def new_run(log_folder: str | Path, algo: str, env_name: str) -> RunPaths:
     paths = RunPaths(root, env_name)
     paths.params_dir.mkdir()
     return paths
+
+
+@contextlib.contextmanager
+def removed_on_failure(paths: RunPaths) -> Iterator[RunPaths]:
+    """Remove the run folder if the ``with`` block raises before any model (``*.zip``) was saved in it.
+
+    :param paths: a run made by :func:`new_run`
+    :return: ``paths``, for the block
+    """
+    try:
+        yield paths
+    except BaseException:
+        if not any(paths.root.glob("*.zip")):
+            shutil.rmtree(paths.root, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def folder_removed_on_failure(folder: Path) -> Iterator[Path]:
+    """Create ``folder`` (and its parents); if the ``with`` block raises, remove it again when this call created
+    it and it is still empty (an earlier run's results in it are never touched).
+
+    :param folder: the results folder
+    :return: ``folder``, for the block
+    """
+    created = not folder.exists()
+    make_folder(folder)
+    try:
+        yield folder
+    except BaseException:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
 
 def find_run(log_folder: str | Path, algo: str, env_name: str, exp_id: int = 0) -> RunPaths:

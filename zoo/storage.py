@@ -6,13 +6,17 @@
   one machine or on a shared file system that supports locks). Optuna has no heartbeat for journals, so
   :class:`HeartbeatJournalStorage` records one as a system attribute of the running trial.
 
-Processes that share a storage also share a lock file next to it (for SQLite files and journal files), which
-makes "count the trials, then start one" atomic: together they run exactly ``--n-trials`` trials.
+Processes that share a storage also share a lock that makes "count the trials, then start one" atomic, so
+together they run exactly ``--n-trials`` trials: a lock file next to SQLite files and journal files (processes of
+one machine), a transaction-level advisory lock of the server for PostgreSQL (processes of any machine).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import re
 import threading
 import time
 import warnings
@@ -25,6 +29,7 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import text
 
 from .errors import ZooError
 
@@ -38,7 +43,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no inter-process lock
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["HEARTBEAT_ATTR", "Heartbeat", "HeartbeatJournalStorage", "StudyStorage", "open_storage"]
+__all__ = ["HEARTBEAT_ATTR", "Heartbeat", "HeartbeatJournalStorage", "StudyStorage", "hide_password", "open_storage"]
 
 HEARTBEAT_ATTR = "zoo:heartbeat"
 """System attribute of a running trial in a journal storage: the time of its last heartbeat."""
@@ -105,9 +110,12 @@ class StudyStorage:
         self._thread_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def budget_lock(self) -> Iterator[None]:
-        """Hold the lock that makes "count the trials, then ask for one" atomic across threads and processes."""
-        with self._thread_lock, _file_lock(self.lock_path):
+    def budget_lock(self, study_name: str) -> Iterator[None]:
+        """Hold the lock that makes "count the trials, then ask for one" atomic across threads and processes.
+
+        :param study_name: the study (a database server locks each study on its own)
+        """
+        with self._thread_lock, _file_lock(self.lock_path), _server_lock(self.storage, study_name):
             yield
 
     def heartbeat_enabled(self) -> bool:
@@ -135,23 +143,84 @@ def open_storage(url: str | None, heartbeat_interval: int = 30) -> StudyStorage:
         if "://" in url:
             return _open_rdb(url, heartbeat_interval)
         if url.endswith(".log"):
-            path = Path(url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            storage = HeartbeatJournalStorage(JournalFileBackend(str(path)), heartbeat_interval)
-            return StudyStorage(storage, Path(f"{path}.zoo-lock"), f"journal file {path}")
+            return _open_journal(Path(url), heartbeat_interval)
     raise ZooError(
         f"--storage {url!r}: expected an RDB URL (sqlite:///study.db, postgresql://user:pass@host/db) "
         "or a journal file path ending in .log"
     )
 
 
-_DRIVERS = {
-    "postgresql": "psycopg2 (pip install psycopg2-binary)",
-    "postgresql+psycopg2": "psycopg2 (pip install psycopg2-binary)",
-    "postgresql+psycopg": "psycopg (pip install psycopg)",
-    "mysql": "mysqlclient (pip install mysqlclient)",
-    "mysql+pymysql": "PyMySQL (pip install pymysql)",
+_DRIVER_PACKAGES = {
+    "psycopg": '"psycopg[binary]"',
+    "psycopg2": "psycopg2-binary",
+    "pymysql": "pymysql",
+    "MySQLdb": "mysqlclient",
 }
+"""The pip package of a database driver module that SQLAlchemy imports (``postgresql://`` means psycopg 3 from
+SQLAlchemy 2.1 on, psycopg2 before; ``postgresql+psycopg://`` is psycopg 3 with either)."""
+
+
+def _missing_driver(err: ImportError) -> str:
+    """The driver module (and its pip package) whose import failed, from Optuna's ImportError."""
+    cause = err.__cause__ if isinstance(err.__cause__, ImportError) else err
+    module = cause.name
+    if module is None:
+        return "the database driver of that URL"
+    return f"the Python module {module} (pip install {_DRIVER_PACKAGES.get(module, module)})"
+
+
+def hide_password(text_with_urls: str) -> str:
+    """``text_with_urls`` with the password of every ``scheme://user:password@host`` URL replaced by ``***``
+    (for what is printed and written to files: the summary, ``best_hyperparams.yml``)."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]*@", r"\1***@", text_with_urls)
+
+
+def _make_folder(folder: Path, option: str) -> None:
+    """Create the folder of a storage file, or say in one line why it cannot be created."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ZooError(f"--storage {option!r}: cannot create the folder {folder} ({err.strerror or err})") from None
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a file that is not an Optuna journal, before Optuna appends to it (and fails on it later).
+
+    Every complete line must be a JSON record with an ``op_code``; an unfinished last line (another process may
+    be writing it) must at least start like one.
+    """
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ZooError(f"--storage {str(path)!r}: not a file")
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n"):
+                record: Any = {"op_code": None} if line.lstrip().startswith(b"{") else None
+            else:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                    record = None
+            if not isinstance(record, dict) or "op_code" not in record:
+                raise ZooError(
+                    f"--storage {str(path)!r}: line {number} is not an Optuna journal record; "
+                    "pass a new .log path (or an Optuna journal file)"
+                )
+
+
+def _open_journal(path: Path, heartbeat_interval: int) -> StudyStorage:
+    option = str(path)
+    _make_folder(path.parent, option)
+    _check_journal(path)
+    lock_path = Path(f"{path}.zoo-lock")
+    try:
+        with _file_lock(lock_path):  # fails now, not at the first trial, if the lock cannot be written
+            storage = HeartbeatJournalStorage(JournalFileBackend(str(path)), heartbeat_interval)
+    except (OSError, ValueError) as err:  # unreadable file or folder; a record Optuna cannot replay
+        detail = f"{type(err).__name__}: {err}"
+        raise ZooError(f"--storage {option!r}: cannot open it as a journal file ({detail})") from None
+    return StudyStorage(storage, lock_path, f"journal file {path}")
 
 
 def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int) -> RDBStorage:
@@ -180,22 +249,44 @@ def _is_schema_race(err: Exception) -> bool:
 def _open_rdb(url: str, heartbeat_interval: int) -> StudyStorage:
     engine_kwargs: dict[str, Any] = {}
     lock_path = None
+    shown = hide_password(url)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(path.parent, url)
             lock_path = Path(f"{path}.zoo-lock")
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for other processes' writes
     try:
         with _file_lock(lock_path):  # one process at a time creates the schema of a new SQLite file
             storage = _create_rdb_storage(url, engine_kwargs, heartbeat_interval)
     except ImportError as err:  # Optuna re-raises a missing database driver as a plain ImportError
-        scheme = url.split("://", 1)[0]
-        driver = _DRIVERS.get(scheme) or _DRIVERS.get(scheme.split("+", 1)[0], "the database driver of that URL")
-        raise ZooError(f"--storage {url!r} needs {driver}, which is not installed") from err
+        raise ZooError(f"--storage {shown!r} needs {_missing_driver(err)}, which is not installed") from err
     except Exception as err:  # sqlalchemy's errors: bad URL, unreachable server, wrong password...
-        raise ZooError(f"--storage {url!r}: cannot open it ({type(err).__name__}: {err})") from err
-    return StudyStorage(storage, lock_path, f"database {url}")
+        detail = f"{type(err).__name__}: {hide_password(str(err))}"
+        raise ZooError(f"--storage {shown!r}: cannot open it ({detail})") from err
+    return StudyStorage(storage, lock_path, f"database {shown}")
+
+
+def _advisory_key(study_name: str) -> int:
+    """A signed 64-bit key for PostgreSQL's advisory locks, one per study."""
+    digest = hashlib.sha256(f"sppo-zoo trial budget: {study_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _server_lock(storage: BaseStorage | None, study_name: str) -> Iterator[None]:
+    """Hold PostgreSQL's transaction-level advisory lock of the study (nothing for other storages).
+
+    The lock lives in a transaction of its own connection: it is released when the ``with`` block ends (commit or
+    rollback), and by the server when the process dies (its connection closes), so a killed process never leaves
+    it held.
+    """
+    if not isinstance(storage, RDBStorage) or storage.engine.dialect.name != "postgresql":
+        yield
+        return
+    with storage.engine.connect() as connection, connection.begin():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _advisory_key(study_name)})
+        yield
 
 
 @contextlib.contextmanager

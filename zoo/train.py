@@ -24,7 +24,7 @@ from .algos import AlgoSpec, get_algo
 from .environments import EnvFactory, make_vec, probe_success, resolve_env
 from .errors import ZooError
 from .hyperparams import Hyperparams, build_hyperparams, dump_yaml, entry_for, parse_overrides
-from .runs import RunPaths, new_run
+from .runs import RunPaths, new_run, removed_on_failure
 
 __all__ = [
     "BEST_VECNORMALIZE",
@@ -297,22 +297,45 @@ def train(settings: TrainSettings) -> RunPaths:
     if settings.num_threads > 0:
         torch.set_num_threads(settings.num_threads)
     paths = new_run(settings.log_folder, spec.name, factory.folder_name)
-    if settings.verbose:
-        print(f"Training {spec.name} on {settings.env_id} with {source}, seed {seed}: {paths.root}")
-    args = {
-        **asdict(settings),
-        "seed": seed,
-        "params": list(settings.params),
-        "gym_packages": list(settings.gym_packages),
-    }
-    dump_yaml(dict(sorted(args.items())), paths.args)
-    dump_yaml(raw, paths.config, comment=f"hyperparameters of this run, from {source}")
-    paths.command.write_text((settings.command or shlex.join(sys.argv)) + "\n")
+    with removed_on_failure(paths):
+        if settings.verbose:
+            print(f"Training {spec.name} on {settings.env_id} with {source}, seed {seed}: {paths.root}")
+        args = {
+            **asdict(settings),
+            "seed": seed,
+            "params": list(settings.params),
+            "gym_packages": list(settings.gym_packages),
+        }
+        dump_yaml(dict(sorted(args.items())), paths.args)
+        dump_yaml(raw, paths.config, comment=f"hyperparameters of this run, from {source}")
+        paths.command.write_text((settings.command or shlex.join(sys.argv)) + "\n")
 
-    vecnormalize_path = None
-    if trained_agent is not None and hyperparams.normalize is not None:
-        vecnormalize_path = _trained_agent_vecnormalize(trained_agent, factory.folder_name)
-    env = make_envs(factory, hyperparams, seed, str(paths.root), settings.vec_env, reports_success, vecnormalize_path)
+        vecnormalize_path = None
+        if trained_agent is not None and hyperparams.normalize is not None:
+            vecnormalize_path = _trained_agent_vecnormalize(trained_agent, factory.folder_name)
+        env = make_envs(
+            factory, hyperparams, seed, str(paths.root), settings.vec_env, reports_success, vecnormalize_path
+        )
+        try:
+            _train_and_save(settings, spec, factory, hyperparams, env, trained_agent, paths, seed)
+        finally:
+            env.close()
+    if settings.verbose:
+        print(f"Saved {paths.final_model}")
+    return paths
+
+
+def _train_and_save(
+    settings: TrainSettings,
+    spec: AlgoSpec,
+    factory: EnvFactory,
+    hyperparams: Hyperparams,
+    env: VecEnv,
+    trained_agent: Path | None,
+    paths: RunPaths,
+    seed: int,
+) -> None:
+    """Build (or load) the model, train it, and save it with its VecNormalize statistics (also on Ctrl-C)."""
     common: dict[str, Any] = dict(
         seed=seed, device=settings.device, verbose=settings.verbose, tensorboard_log=settings.tensorboard_log
     )
@@ -336,16 +359,11 @@ def train(settings: TrainSettings) -> RunPaths:
     except KeyboardInterrupt:
         print("Interrupted: saving the model as it is", file=sys.stderr)
     except (EpisodeLengthError, OutcomeError) as err:
-        env.close()
         raise ZooError(f"{spec.name} on {settings.env_id}: {err}") from err
     model.save(paths.final_model)
     vec_normalize = model.get_vec_normalize_env()
     if vec_normalize is not None:
         vec_normalize.save(str(paths.vecnormalize))
-    env.close()
-    if settings.verbose:
-        print(f"Saved {paths.final_model}")
-    return paths
 
 
 def settings_from_args(args: Mapping[str, Any]) -> TrainSettings:

@@ -10,8 +10,9 @@ What differs from rl-baselines3-zoo's tuner:
 - **The metric is the success rate** when the env reports ``info["is_success"]`` (checked once with a random
   episode), the mean return otherwise; the choice is printed and stored in the study.
 - **The trial budget is the study's**: ``--n-trials`` counts finished trials (complete, pruned, or failed
-  with an error) over every process and every resume of the study; processes on one machine take a lock
-  (next to the SQLite or journal file) before starting a trial, so they run exactly that many together.
+  with an error) over every process and every resume of the study; processes take a shared lock (a file next
+  to the SQLite or journal file; an advisory lock of a PostgreSQL server) before starting a trial, so they run
+  exactly that many together.
 - **Failures are recorded, not fatal**: a trial whose parameters become NaN or infinite is pruned with
   ``pruned_reason`` (``diverged: ...``); any other exception fails it with ``fail_reason``; the study goes on.
   A trial whose process died (no heartbeat for two intervals) is failed by Optuna's stale-trial check and
@@ -53,8 +54,10 @@ from .errors import ZooError
 from .evaluate import EpisodeStats, run_episodes
 from .hyperparams import Hyperparams, build_hyperparams, dump_yaml, entry_for, parse_overrides
 from .plots import save_study_plots
+from .runs import make_folder
+from .samplers import TrialSeededSampler
 from .search_spaces import SearchContext, SearchSpace, load_search_space
-from .storage import Heartbeat, StudyStorage, open_storage
+from .storage import Heartbeat, StudyStorage, hide_password, open_storage
 from .train import create_model, make_envs
 
 __all__ = [
@@ -189,9 +192,19 @@ class ObjectiveSpec:
         )
 
 
+def _tpe(n_startup_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            n_startup_trials=n_startup_trials, seed=seed, multivariate=True, constant_liar=True
+        )
+
+
 def make_sampler(name: str, n_startup_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
     """``tpe`` (multivariate TPE with the constant liar for parallel trials, random for the first
-    ``n_startup_trials``) or ``random``.
+    ``n_startup_trials``) or ``random``, seeded per trial from ``(seed, trial number)``
+    (:class:`~sppo_rl.zoo.samplers.TrialSeededSampler`): a study resumed or joined with the same seed does not
+    propose its finished trials' parameters again.
 
     :param name: the sampler name
     :param n_startup_trials: random trials before TPE models the results
@@ -200,13 +213,9 @@ def make_sampler(name: str, n_startup_trials: int, seed: int | None) -> optuna.s
     :raises ZooError: for an unknown name
     """
     if name == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                n_startup_trials=n_startup_trials, seed=seed, multivariate=True, constant_liar=True
-            )
+        return TrialSeededSampler(lambda trial_seed: _tpe(n_startup_trials, trial_seed), seed)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededSampler(lambda trial_seed: optuna.samplers.RandomSampler(seed=trial_seed), seed)
     raise ZooError(f"Unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
@@ -451,7 +460,7 @@ class _Worker:
 
     def _next_trial(self) -> optuna.Trial | bool | None:
         """A new trial, ``None`` to wait for running ones, or ``False`` when the budget is spent."""
-        with self.storage.budget_lock():
+        with self.storage.budget_lock(self.study.study_name):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
@@ -482,6 +491,23 @@ class _Worker:
                 self._run_trial(trial)
 
     def _run_trial(self, trial: optuna.Trial) -> None:
+        """Run one trial and tell its result.
+
+        A trial that another process has failed in the meantime (its heartbeats came too late: a stalled machine or
+        network) cannot take its result any more: the result is dropped, and the trial (FAIL, not counted) is run
+        again, as for a dead process.
+        """
+        try:
+            self._run_and_tell(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._report(trial.number, "DROPPED", "failed meanwhile by another process (no heartbeat in time)")
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
+        told = self.study.tell(trial, value, state=state, skip_if_finished=True)
+        if told.state != state:
+            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is already {told.state.name}")
+
+    def _run_and_tell(self, trial: optuna.Trial) -> None:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             value = self.objective(trial)
@@ -490,24 +516,26 @@ class _Worker:
             if isinstance(err, DivergedError):
                 reason = f"diverged: {err}"
             trial.set_user_attr("pruned_reason", _one_line(reason))
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self._tell(trial, TrialState.PRUNED)
             self._report(trial.number, "PRUNED", reason)
         except (_Interrupted, KeyboardInterrupt) as err:
             self.stop.set()
             trial.set_user_attr(FAIL_KIND, "interrupted")
             trial.set_user_attr("fail_reason", _one_line(str(err) or "interrupted (KeyboardInterrupt)"))
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell(trial, TrialState.FAIL)
             self._report(trial.number, "FAIL", "interrupted")
             if isinstance(err, KeyboardInterrupt):
                 raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise
         except Exception as err:  # any failure of one trial: record it and go on with the study
             reason = _one_line(f"{type(err).__name__}: {err}")
             trial.set_user_attr(FAIL_KIND, "error")
             trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell(trial, TrialState.FAIL)
             self._report(trial.number, "FAIL", reason)
         else:
-            self.study.tell(trial, value)
+            self._tell(trial, TrialState.COMPLETE, value)
             per_seed = ", ".join(f"{v:.3g}" for v in trial.user_attrs.get("values_per_seed", []))
             self._report(trial.number, "COMPLETE", f"{self.objective.objective.metric} {value:.4g} (seeds: {per_seed})")
 
@@ -650,7 +678,7 @@ def _write_outputs(
     interrupted: bool,
 ) -> dict[str, Any]:
     out_dir = Path(settings.log_folder) / objective.algo / f"tune_{re.sub(r'[^A-Za-z0-9_.-]+', '-', study.study_name)}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     files: dict[str, str] = {}
     frame = study.trials_dataframe()
     csv_path = out_dir / "trials.csv"
@@ -658,7 +686,7 @@ def _write_outputs(
     files["trials"] = str(csv_path)
 
     best = _best_trial(study)
-    command = settings.command or shlex.join(sys.argv)
+    command = hide_password(settings.command or shlex.join(sys.argv))
     if best is not None:
         entry = dict(best.user_attrs.get("hyperparams", {}))
         comment = (

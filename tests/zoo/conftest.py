@@ -5,10 +5,14 @@ Helpers are fixtures (tests run with ``--import-mode=importlib``, so test files 
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +109,64 @@ class Subprocesses:
 def subprocesses() -> Subprocesses:
     """:class:`Subprocesses`, as a fixture."""
     return Subprocesses()
+
+
+# --- a throwaway PostgreSQL server ---------------------------------------------------------------------------
+
+
+def _postgresql_bin() -> Path | None:
+    """The newest ``/usr/lib/postgresql/<version>/bin`` holding ``initdb`` and ``pg_ctl`` (Debian's layout), or the
+    folder of an ``initdb`` on ``PATH``."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    initdb = found[-1] if found else shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _server_user() -> str | None:
+    """The user the server runs as: PostgreSQL refuses to run as root, so root hands it to ``postgres``
+    (created by Debian's package) or ``nobody``; any other user runs it as itself (``None``)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    pytest.skip("running as root with neither a postgres nor a nobody user to run PostgreSQL as")
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (``initdb`` in a temporary folder, a Unix socket there, no TCP port, fsync
+    off), removed afterwards: yields the SQLAlchemy URL of its database ``optuna``. Skips when no PostgreSQL
+    binaries are installed (Debian: ``apt-get install postgresql``)."""
+    bin_dir = _postgresql_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
+    user = _server_user()
+    root = Path(tempfile.mkdtemp(prefix="sppo-pg-"))  # short: a socket path has at most 107 characters
+    data, log = root / "data", root / "server.log"
+    if user is not None:
+        shutil.chown(root, user)
+
+    def run(*command: str) -> None:
+        subprocess.run(command, check=True, capture_output=True, text=True, user=user, cwd=root, timeout=120)
+
+    try:
+        run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C")
+        options = f"-k {root} -c listen_addresses='' -F -c max_connections=200"
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        run(str(bin_dir / "createdb"), "-h", str(root), "-U", "postgres", "optuna")
+    except subprocess.CalledProcessError as err:
+        server_log = log.read_text() if log.exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"cannot start PostgreSQL: {err.stderr}{server_log}") from err
+    try:
+        yield f"postgresql+psycopg://postgres@/optuna?host={root}"
+    finally:
+        subprocess.run(
+            [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True, user=user, cwd=root, timeout=60, check=False,
+        )  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)

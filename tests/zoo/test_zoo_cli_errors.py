@@ -94,7 +94,7 @@ def test_continue_from_a_missing_model(zoo) -> None:
     [
         (["--storage", "study.txt"], "--storage 'study.txt'"),
         (["--storage", "nodriver+fake://host/db"], "--storage"),
-        (["--n-trials", "0"], "--n-trials must be at least 1"),
+        (["--n-trials", "0"], "argument --n-trials: must be at least 1, got 0"),
         (["--search-space", "nomodule_xyz:f"], "--search-space"),
         (["--sampler", "grid"], "invalid choice: 'grid'"),
     ],
@@ -102,6 +102,96 @@ def test_continue_from_a_missing_model(zoo) -> None:
 def test_bad_tune_options(zoo, options: list[str], fragment: str) -> None:
     result = zoo(["tune", "--algo", "sppo", "--env", "LineTarget-v0", "-n", "10", *options])
     assert_one_line_error(result, fragment)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "-n", "-5"], "argument -n/--n-timesteps: must be at least 1, got -5"),
+        (["train", "-n", "0"], "argument -n/--n-timesteps: must be at least 1, got 0"),
+        (["train", "-n", "2.5"], "argument -n/--n-timesteps: expected an integer, got '2.5'"),
+        (["train", "--eval-episodes", "0"], "argument --eval-episodes: must be at least 1, got 0"),
+        (["tune", "-n", "-5"], "argument -n/--n-timesteps: must be at least 1, got -5"),
+        (["tune", "--n-trials", "-5"], "argument --n-trials: must be at least 1, got -5"),
+        (["tune", "--n-jobs", "0"], "argument --n-jobs: must be at least 1, got 0"),
+        (["tune", "--n-evaluations", "0"], "argument --n-evaluations: must be at least 1, got 0"),
+        (["tune", "--n-seeds-per-trial", "-1"], "argument --n-seeds-per-trial: must be at least 1, got -1"),
+        (["tune", "--n-startup-trials", "-1"], "argument --n-startup-trials: must be at least 0, got -1"),
+        (["tune", "--heartbeat-interval", "0"], "argument --heartbeat-interval: must be at least 1, got 0"),
+        (["tune", "--sampler-seed", "-3"], "argument --sampler-seed: must be at least 0, got -3"),
+        (["tune", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["eval", "-n", "0"], "argument -n/--n-episodes: must be at least 1, got 0"),
+        (["eval", "--n-envs", "0"], "argument --n-envs: must be at least 1, got 0"),
+        (["eval", "--exp-id", "-2"], "argument --exp-id: must be at least 0, got -2"),
+        (["eval", "--video-length", "0"], "argument --video-length: must be at least 1, got 0"),
+    ],
+)
+def test_nonsense_counts_are_refused_naming_the_option(zoo, tmp_path: Path, argv: list[str], message: str) -> None:
+    command, *options = argv
+    result = zoo([command, "--algo", "sppo", "--env", "LineTarget-v0", *options])
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("option", ["--jobs 0", "--episodes -5", "--window 0", "--seeds 0 -1"])
+def test_nonsense_suite_counts_are_refused_naming_the_option(zoo, option: str) -> None:
+    name, *values = option.split()
+    result = zoo(["suite", "--env", "SparsePrecisionCartPole-v0", name, *values])
+    assert_one_line_error(result, f"argument {name}: must be at least")
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///a_file/sub/study.db", "a_file/study.log", "sqlite:///a_file/study.db"])
+def test_a_storage_folder_that_cannot_be_created(zoo, tmp_path: Path, storage: str) -> None:
+    (tmp_path / "a_file").write_text("a file where a folder should be\n")
+    result = zoo(["tune", "--algo", "sppo", "--env", "LineTarget-v0", "-n", "10", "--storage", storage])
+    assert_one_line_error(result, f"--storage {storage!r}: cannot create the folder a_file")
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        ("garbage\n", 1),  # Optuna would have appended its records after it, and failed at the next read
+        ("some notes\nmore notes\n", 1),
+        ('{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}\n[1, 2]\n', 2),
+        ("\x00\x01binary", 1),
+    ],
+)
+def test_a_journal_file_holding_garbage(zoo, tmp_path: Path, content: str, line: int) -> None:
+    path = tmp_path / "study.log"
+    path.write_text(content)
+    result = zoo(["tune", "--algo", "sppo", "--env", "LineTarget-v0", "-n", "10", "--storage", "study.log"])
+    assert_one_line_error(result, f"--storage 'study.log': line {line} is not an Optuna journal record")
+    assert path.read_text() == content  # left as it was
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["-params", "loss_agg_mode:bogus"], "Invalid hyperparameters for sppo"),  # the model cannot be built
+        (["-params", "normalize:{bogus: 1}"], "normalize:"),  # VecNormalize cannot be built
+    ],
+)
+def test_a_failed_run_leaves_no_run_folder(zoo, tmp_path: Path, options: list[str], message: str) -> None:
+    argv = ["train", "--algo", "sppo", "--env", "LineTarget-v0", "-n", "64", "--eval-freq", "-1", "--verbose", "0"]
+    result = zoo([*argv, *options])
+    assert result.code != 0 and message in result.err
+    assert list((tmp_path / "logs" / "sppo").iterdir()) == []
+    assert zoo([*argv, "-params", "n_episodes:8"]).code == 0  # the next run takes experiment id 1
+    assert [p.name for p in (tmp_path / "logs" / "sppo").iterdir()] == ["LineTarget-v0_1"]
+
+
+def test_an_env_that_refuses_its_env_kwargs(zoo, tmp_path: Path) -> None:
+    result = zoo(["train", "--algo", "sppo", "--env", "LineTarget-v0", "-params", "env_kwargs:{size: -3}"])
+    assert_one_line_error(result, "Cannot build 'LineTarget-v0' with env_kwargs={'size': -3}", "size=-3")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_log_folder_that_cannot_be_created(zoo, tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    result = zoo(["train", "--algo", "sppo", "--env", "LineTarget-v0", "-n", "64", "-f", "a_file/logs"])
+    assert_one_line_error(result, "Cannot create the folder a_file/logs/sppo")
 
 
 def test_missing_gym_package(zoo) -> None:

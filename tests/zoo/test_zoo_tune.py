@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import optuna
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sppo_rl.zoo.storage import hide_password
 
 SPACES = '''
 import math
@@ -20,6 +22,15 @@ def diverge_or_raise(trial, context):
     kind = ("ok", "nan", "raise")[trial.number % 3]
     trial.set_user_attr("kind", kind)
     return {"ok": {}, "nan": {"ent_coef": math.nan}, "raise": {"loss_agg_mode": "bogus"}}[kind]
+
+
+def failed_by_another_process(trial, context):
+    """Trial 0 is failed from outside while it runs, as another process's heartbeat check would fail it."""
+    if trial.number == 0:
+        from optuna.trial import TrialState
+
+        trial.study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    return {}
 
 
 def easy_then_hopeless(trial, context):
@@ -162,17 +173,70 @@ def test_parallel_jobs_respect_the_budget(zoo, fast_tune, tmp_path: Path) -> Non
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
 
 
-def test_postgresql_without_its_driver_is_one_line(zoo) -> None:
-    pytest.importorskip("sqlalchemy")
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("psycopg2 is installed")
-    result = zoo(["tune", "--algo", "sppo", "--env", "LineTarget-v0", "--storage", "postgresql://u:p@localhost/db"])
+@pytest.mark.parametrize(
+    ("scheme", "module", "package"),
+    [("postgresql+psycopg", "psycopg", '"psycopg[binary]"'), ("postgresql+psycopg2", "psycopg2", "psycopg2-binary")],
+)
+def test_postgresql_without_its_driver_is_one_line(
+    zoo, monkeypatch: pytest.MonkeyPatch, scheme: str, module: str, package: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises ImportError
+    url = f"{scheme}://u:secret@localhost/db"
+    result = zoo(["tune", "--algo", "sppo", "--env", "LineTarget-v0", "--storage", url])
     assert result.code == 2
     assert result.err.strip() == (
-        "sppo-zoo: error: --storage 'postgresql://u:p@localhost/db' needs psycopg2 (pip install psycopg2-binary), "
-        "which is not installed"
+        f"sppo-zoo: error: --storage '{scheme}://u:***@localhost/db' needs the Python module {module} "
+        f"(pip install {package}), which is not installed"
     )
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///resume.db", "resume.log"])
+def test_resuming_with_the_same_sampler_seed_does_not_repeat_finished_trials(
+    zoo, fast_tune, tmp_path: Path, storage: str
+) -> None:
+    # six random start-up trials: before, the resumed run replayed the first three trials' parameters
+    argv = ["tune", "--storage", storage, "--sampler-seed", "7", "--pruner", "none", *fast_tune,
+            "--n-startup-trials", "6"]  # fmt: skip
+    assert zoo([*argv, "--n-trials", "3"]).code == 0
+
+    def trials() -> list[optuna.trial.FrozenTrial]:
+        opened = storage
+        if storage.endswith(".log"):
+            opened = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+        return optuna.load_study(study_name="sppo-LineTarget-v0", storage=opened).trials
+
+    first = [t.params for t in trials()]
+    result = zoo([*argv, "--n-trials", "6"])
+    assert result.code == 0, result.err
+    resumed = trials()
+    assert [t.state for t in resumed] == [TrialState.COMPLETE] * 6
+    assert [t.params for t in resumed[:3]] == first
+    assert len({t.params["learning_rate"] for t in resumed}) == 6
+    assert len({tuple(sorted(t.params.items())) for t in resumed}) == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql+psycopg://u:s3cr%40t@db:5432/optuna", "postgresql+psycopg://u:***@db:5432/optuna"),
+        ("--storage 'mysql+pymysql://root:pw@h/db' -n 5", "--storage 'mysql+pymysql://root:***@h/db' -n 5"),
+        ("postgresql://u@db/optuna", "postgresql://u@db/optuna"),  # no password
+        ("sqlite:///a:b@c.db", "sqlite:///a:b@c.db"),  # a file name, not a password
+        ("http://host:8080/path@x", "http://host:8080/path@x"),  # a port, not a password
+    ],
+)
+def test_passwords_in_storage_urls_are_hidden(text: str, shown: str) -> None:
+    assert hide_password(text) == shown
+
+
+def test_a_trial_failed_meanwhile_by_another_process_is_dropped_and_replaced(
+    zoo, fast_tune, spaces: str, tmp_path: Path
+) -> None:
+    argv = ["tune", "--n-trials", "2", "--pruner", "none", "--storage", "sqlite:///late.db", "--search-space",
+            f"{spaces}:failed_by_another_process", *fast_tune, "--verbose", "1"]  # fmt: skip
+    result = zoo(argv)
+    assert result.code == 0, result.err
+    assert "Trial 0 DROPPED: failed meanwhile by another process (no heartbeat in time)" in result.out
+    trials = optuna.load_study(study_name="sppo-LineTarget-v0", storage="sqlite:///late.db").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "fail_kind" not in trials[0].user_attrs  # not counted: two more trials make the budget
