@@ -29,7 +29,6 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from .config import GenerationSettings
 from .engine_registry import GENERATION_ENGINES, get_generation_engine, register_generation_engine

@@ -23,10 +23,10 @@ from .rewards import RewardRunner, Verifier, make_reward
 
 __all__ = [
     "DatasetTexts",
-    "import_user_modules",
     "build_dataset",
     "build_models",
     "build_rewards",
+    "import_user_modules",
     "resolve_rewards",
     "resolve_train_data",
     "saved_tokenizer",

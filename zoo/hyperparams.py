@@ -197,7 +197,8 @@ def _eval_node(node: ast.AST, text: str) -> Any:
     if isinstance(node, ast.Dict):
         if any(key is None for key in node.keys):
             raise ZooError(f"Cannot read {text!r}: ** is not allowed")
-        return {_eval_node(k, text): _eval_node(v, text) for k, v in zip(node.keys, node.values, strict=True)}
+        keys = [k for k in node.keys if k is not None]
+        return {_eval_node(k, text): _eval_node(v, text) for k, v in zip(keys, node.values, strict=True)}
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
         if any(kw.arg is None for kw in node.keywords):
             raise ZooError(f"Cannot read {text!r}: ** is not allowed")

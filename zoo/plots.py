@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -12,7 +13,18 @@ from optuna.trial import TrialState
 __all__ = ["save_study_plots"]
 
 
-def _importance_evaluator() -> object | None:
+def _save(ax: Any, path: Path) -> None:
+    """Write the figure of a Matplotlib axes to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    figure = ax.figure
+    while not hasattr(figure, "savefig"):  # a sub-figure: its parent
+        figure = figure.figure
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _importance_evaluator() -> Any:
     """PED-ANOVA (pure NumPy, Optuna >= 3.6); older Optuna's default fANOVA needs scikit-learn."""
     evaluator_cls = getattr(optuna.importance, "PedAnovaImportanceEvaluator", None)
     return evaluator_cls() if evaluator_cls is not None else None
@@ -28,7 +40,6 @@ def save_study_plots(study: optuna.Study, out_dir: str | Path) -> dict[str, str]
     :param out_dir: where the files go
     :return: for each figure, the file written or the reason it was skipped
     """
-    import matplotlib.pyplot as plt
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
     out_dir = Path(out_dir)
@@ -42,8 +53,7 @@ def save_study_plots(study: optuna.Study, out_dir: str | Path) -> dict[str, str]
         else:
             ax = plot_optimization_history(study)
             path = out_dir / "optimization_history.png"
-            ax.figure.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(ax.figure)
+            _save(ax, path)
             results["optimization_history"] = str(path)
 
         varying = {
@@ -64,7 +74,6 @@ def save_study_plots(study: optuna.Study, out_dir: str | Path) -> dict[str, str]
             results["param_importances"] = f"skipped: {type(err).__name__}: {err}"
             return results
         path = out_dir / "param_importances.png"
-        ax.figure.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
+        _save(ax, path)
         results["param_importances"] = str(path)
     return results

@@ -139,7 +139,7 @@ def _expert_success(model: BaseAlgorithm, normalizer: VecNormalize | None, env_i
     """Deterministic success rate of an expert on the sparse task (4 envs, seed 123)."""
     env = _make_env(env_id, 4, 123)
     successes: list[float] = []
-    obs = env.reset()
+    obs: Any = env.reset()
     while len(successes) < n_episodes:
         policy_obs = normalizer.normalize_obs(obs) if normalizer is not None else obs
         action, _ = model.predict(policy_obs, deterministic=True)
@@ -278,7 +278,7 @@ def collect_demonstrations(
         done = False
         info: dict[str, Any] = {}
         while not done:
-            policy_obs = normalizer.normalize_obs(obs[None])[0] if normalizer is not None else obs
+            policy_obs: Any = normalizer.normalize_obs(obs[None])[0] if normalizer is not None else obs  # type: ignore[index]
             action, _ = expert.predict(policy_obs, deterministic=True)
             episode_obs.append(np.array(obs))
             episode_act.append(np.array(action))
@@ -330,7 +330,7 @@ class SuccessRecorder(BaseCallback):
 def evaluate_success(policy: ActorCriticPolicy, env: VecEnv, n_episodes: int, deterministic: bool = False) -> float:
     """Success rate of a policy over ``n_episodes`` episodes (stochastic actions by default, as RL acts)."""
     successes: list[float] = []
-    obs = env.reset()
+    obs: Any = env.reset()
     while len(successes) < n_episodes:
         action, _ = policy.predict(obs, deterministic=deterministic)
         if isinstance(env.action_space, gymnasium.spaces.Box):
@@ -504,7 +504,9 @@ def build_rl_model(algo: str, config: TaskConfig, env: VecEnv, seed: int) -> Bas
     """
     rl = config.rl
     net_arch = dict(pi=list(config.net_arch), vf=list(config.net_arch))
-    common = dict(learning_rate=float(rl["learning_rate"]), n_epochs=int(rl["n_epochs"]), seed=seed, device="cpu")
+    common: dict[str, Any] = dict(
+        learning_rate=float(rl["learning_rate"]), n_epochs=int(rl["n_epochs"]), seed=seed, device="cpu"
+    )
     if algo == "sppo":
         return SPPO(
             "MlpPolicy",
@@ -534,7 +536,7 @@ def build_rl_model(algo: str, config: TaskConfig, env: VecEnv, seed: int) -> Bas
 
 def load_actor(model: BaseAlgorithm, actor_state: dict[str, th.Tensor]) -> None:
     """Put the start actor into an SPPO or PPO model (PPO's critic keeps its fresh initialisation)."""
-    policy = model.policy
+    policy: Any = model.policy
     if hasattr(policy, "load_actor_state_dict"):
         policy.load_actor_state_dict(actor_state)
         return

@@ -345,12 +345,14 @@ def _train_and_save(
     else:
         model = create_model(spec, hyperparams, env, **common)
 
+    n_timesteps = hyperparams.n_timesteps
+    assert n_timesteps is not None  # checked when the hyperparameters were read
     learn_kwargs: dict[str, Any] = {}
     if settings.log_interval > 0:
         learn_kwargs["log_interval"] = settings.log_interval
     try:
         model.learn(
-            hyperparams.n_timesteps,
+            n_timesteps,
             callback=_callbacks(settings, factory, hyperparams, paths, seed),
             progress_bar=settings.progress_bar,
             reset_num_timesteps=trained_agent is None,

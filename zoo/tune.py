@@ -293,7 +293,7 @@ class _SeedRun:
         # SB3 computes the progress of a learn() call from that call's budget; training in segments would
         # restart lin_ schedules at every segment, so the progress is pinned to the whole budget.
         update = self.model._update_current_progress_remaining
-        self.model._update_current_progress_remaining = lambda done, _total: update(done, n_timesteps)  # type: ignore[method-assign]
+        self.model._update_current_progress_remaining = lambda done, _total: update(done, n_timesteps)  # type: ignore[method-assign, assignment]
 
     def train_until(self, timesteps: int) -> None:
         """Train until the model has taken ``timesteps`` steps (a rollout may overshoot)."""
