@@ -254,3 +254,112 @@ def test_kl_penalty_k1_k3():
     assert torch.all(obj.kl_penalty(lp, ref, "k3") >= 0)
     with pytest.raises(ValueError, match="k2"):
         obj.kl_penalty(lp, ref, "k2")
+
+
+# ---- what estimators declare, and the estimators added through the registry ---------------------------------
+
+
+def test_each_builtin_declares_its_level_inputs_and_samples():
+    declared = {
+        name: (e.level, e.inputs, e.samples_per_context, e.needs_critic)
+        for name, e in obj.ADVANTAGE_ESTIMATORS.items()
+        if name in {"sppo", "grpo", "dr_grpo", "rloo", "remax", "none", "batch_mean", "ema", "gae"}
+    }
+    assert declared == {
+        "sppo": ("sequence", ("outcomes", "baselines"), 1, True),
+        "grpo": ("sequence", ("outcomes", "group_ids"), 8, False),
+        "dr_grpo": ("sequence", ("outcomes", "group_ids"), 8, False),
+        "rloo": ("sequence", ("outcomes", "group_ids"), 5, False),
+        "remax": ("sequence", ("outcomes", "greedy_outcomes"), 1, False),
+        "none": ("sequence", ("outcomes",), 1, False),
+        "batch_mean": ("sequence", ("outcomes",), 1, False),
+        "ema": ("sequence", ("outcomes",), 1, False),
+        "gae": ("step", ("rewards", "values", "mask"), 1, True),
+    }
+    assert obj.get_advantage_estimator("grpo").min_samples_per_context == 2
+    assert obj.get_advantage_estimator("ema").stateful
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"inputs": ("outcomes", "logits")}, "Unknown estimator input"),
+        ({"level": "token"}, "level must be one of"),
+        ({"inputs": ("baselines",)}, "must read 'outcomes' or 'rewards'"),
+        ({"inputs": ("outcomes", "group_ids"), "samples_per_context": 1}, "below min_samples_per_context"),
+    ],
+)
+def test_bad_registrations_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        obj.register_advantage_estimator("test-bad", **kwargs)
+
+
+def test_options_are_checked_and_inputs_required():
+    with pytest.raises(ValueError, match=r"'grpo' estimator does not accept the option\(s\) \['decay'\]"):
+        obj.compute_advantages("grpo", outcomes=t(1.0, 0.0), group_ids=[0, 0], decay=0.5)
+    with pytest.raises(ValueError, match=r"'sppo' estimator needs the input\(s\) \['baselines'\]"):
+        obj.compute_advantages("sppo", outcomes=t(1.0, 0.0))
+    # build() drops options an estimator does not take (a caller passes its generic settings to any estimator)
+    fn = obj.get_advantage_estimator("grpo").build({"eps": 0.5, "gamma": 0.9})
+    assert torch.allclose(
+        fn(outcomes=t(1.0, 0.0), group_ids=[0, 0]), t(0.5 / (0.5**0.5 + 0.5), -0.5 / (0.5**0.5 + 0.5))
+    )
+
+
+def test_batch_mean_hand_computed():
+    r = t(1.0, 0.0, 0.0, 1.0, 1.0)  # mean 0.6, unbiased var 0.3
+    assert torch.allclose(obj.compute_advantages("batch_mean", outcomes=r), t(0.4, -0.6, -0.6, 0.4, 0.4))
+    whitened = obj.compute_advantages("batch_mean", outcomes=r, whiten=True)
+    assert torch.allclose(whitened, (r - 0.6) / math.sqrt(0.3 + 1e-8))
+    assert torch.equal(obj.compute_advantages("batch_mean", outcomes=t(1.0, 1.0)), t(0.0, 0.0))
+
+
+def test_ema_baseline_hand_computed_and_state_round_trip():
+    ema = obj.get_advantage_estimator("ema").build({"decay": 0.5})
+    # first batch: no past, its own mean (0.5) is the baseline; then b = 0.5
+    assert torch.allclose(ema(outcomes=t(1.0, 0.0)), t(0.5, -0.5))
+    # second batch mean 1.0: baseline is the past average 0.5; then b = 0.5 * 0.5 + 0.5 * 1.0 = 0.75
+    assert torch.allclose(ema(outcomes=t(1.0, 1.0)), t(0.5, 0.5))
+    state = ema.state_dict()
+    assert state == {"baseline": 0.75, "updates": 2, "decay": 0.5}
+    other = obj.get_advantage_estimator("ema").build({"decay": 0.5})
+    other.load_state_dict(state)
+    assert torch.allclose(other(outcomes=t(0.0)), t(-0.75)) and torch.allclose(ema(outcomes=t(0.0)), t(-0.75))
+    with pytest.raises(ValueError, match="decay must be in"):
+        obj.get_advantage_estimator("ema").build({"decay": 1.0})
+
+
+def test_dr_grpo_is_grpo_without_the_std():
+    r = t(1.0, 0.0, 1.0, 1.0, 0.0, 1.0)
+    groups = [0, 0, 0, 0, 7, 7]
+    expected = t(0.25, -0.75, 0.25, 0.25, -0.5, 0.5)
+    assert torch.allclose(obj.compute_advantages("dr_grpo", outcomes=r, group_ids=groups), expected)
+    assert torch.allclose(
+        obj.compute_advantages("grpo", outcomes=r, group_ids=groups, normalize_by_std=False), expected
+    )
+
+
+def test_seq_mean_token_sum_norm_divides_by_a_constant_length(loss_and_mask):
+    loss, mask = loss_and_mask
+    seq_sums = (loss * mask).sum(-1)
+    n_seq = (mask.sum(-1) > 0).sum()
+    expected = seq_sums.sum() / (n_seq * mask.shape[-1])
+    assert torch.allclose(obj.aggregate_loss(loss, mask, "seq-mean-token-sum-norm"), expected)
+    assert torch.allclose(
+        obj.aggregate_loss(loss, mask, "seq-mean-token-sum-norm", norm_length=10), seq_sums.sum() / (n_seq * 10)
+    )
+    # a constant normaliser: the loss does not depend on how much padding a micro-batch carries
+    padded_loss = torch.cat([loss, torch.zeros(loss.shape[0], 3, dtype=loss.dtype)], 1)
+    padded_mask = torch.cat([mask, torch.zeros(mask.shape[0], 3, dtype=mask.dtype)], 1)
+    assert torch.allclose(
+        obj.aggregate_loss(padded_loss, padded_mask, "seq-mean-token-sum-norm", norm_length=10),
+        obj.aggregate_loss(loss, mask, "seq-mean-token-sum-norm", norm_length=10),
+    )
+
+
+def test_whitening_is_one_function_for_both_shapes():
+    a = t(1.0, 2.0, 3.0, 6.0)
+    w = obj.whiten_advantages(a)
+    assert torch.allclose(w.mean(), t(0.0)[0], atol=1e-12) and torch.allclose(w.std(), t(1.0)[0], atol=1e-6)
+    per_step = obj.whiten_advantages(a[:, None].expand(4, 3).clone(), torch.tensor([[1, 1, 0]] * 4))
+    assert (per_step[:, 2] == 0).all()
