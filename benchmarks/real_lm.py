@@ -146,7 +146,7 @@ def sync(device: torch.device) -> None:
 
 def load_base(args: argparse.Namespace, llm: Any) -> tuple[Any, Any]:
     """The dequantised SmolLM2 causal LM (float32, CPU) and its tokenizer, read from the GGUF file once."""
-    from sppo_rl.llm.models import load_gguf_model, load_tokenizer, resolve_model_location
+    from sppo_rl.llm.model_files import load_gguf_model, load_tokenizer, resolve_model_location
 
     folder, gguf_file = resolve_model_location(args.gguf)
     assert folder is not None and gguf_file is not None, f"{args.gguf} is not a GGUF checkpoint"
@@ -156,7 +156,8 @@ def load_base(args: argparse.Namespace, llm: Any) -> tuple[Any, Any]:
 
 
 def make_policy(base: Any, tokenizer: Any, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Any:
-    from sppo_rl.llm.models import ensure_pad_token, load_policy
+    from sppo_rl.llm.model_files import ensure_pad_token
+    from sppo_rl.llm.models import load_policy
 
     torch.manual_seed(args.seed)  # the adapter's initial weights: the same for every method
     model = copy.deepcopy(base).to(device=device, dtype=dtype)
@@ -895,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.gguf.lower().endswith(".gguf"):
         args.gguf = os.path.join(args.gguf, args.gguf_file) if not args.gguf.startswith("package:") else args.gguf
     llm = import_sppo_llm()
-    from sppo_rl.llm.models import find_package_folder
+    from sppo_rl.llm.model_files import find_package_folder
     from sppo_rl.llm.rewards import ExactMatchVerifier, RewardRunner
 
     if args.gguf.startswith("package:"):

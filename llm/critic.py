@@ -30,15 +30,13 @@ from sppo_rl.value_heads import ValueHead, make_value_head
 
 from .config import CriticSpec, LoraSettings, ModelSpec
 from .data import Message, has_chat_template, render_messages
+from .model_files import ensure_pad_token, load_pretrained_model, load_tokenizer
 from .models import (
     PolicyModel,
     autocast_context,
     decoder_and_head,
     disable_attention_dropout,
     enable_activation_checkpointing,
-    ensure_pad_token,
-    load_pretrained_model,
-    load_tokenizer,
     make_lora_config,
     resolve_device,
     resolve_dtype,

@@ -20,14 +20,14 @@ gguf = pytest.importorskip("gguf")
 from sppo_rl.llm.config import CriticSpec, GenerationSettings, LoraSettings, ModelSpec  # noqa: E402
 from sppo_rl.llm.critic import load_critic  # noqa: E402
 from sppo_rl.llm.data import make_toy_rows  # noqa: E402
-from sppo_rl.llm.models import (  # noqa: E402
+from sppo_rl.llm.model_files import (  # noqa: E402
     find_package_folder,
     load_gguf_model,
-    load_policy,
     load_tokenizer,
     resolve_model_location,
     save_pretrained_model,
 )
+from sppo_rl.llm.models import load_policy  # noqa: E402
 from sppo_rl.llm.rewards import ExactMatchVerifier  # noqa: E402
 from sppo_rl.llm.trainer import SPPOTrainer  # noqa: E402
 

@@ -10,7 +10,8 @@ from sppo_rl.llm.config import GenerationSettings
 from sppo_rl.llm.critic import CRITIC_ADAPTER, LMCritic, make_shared_critic
 from sppo_rl.llm.generation import generate_rollout
 from sppo_rl.llm.logprobs import sequence_logprobs
-from sppo_rl.llm.models import ensure_pad_token, load_policy
+from sppo_rl.llm.model_files import ensure_pad_token
+from sppo_rl.llm.models import load_policy
 from sppo_rl.llm.random_init import build_random_model
 from sppo_rl.llm.sequences import EncodedPrompts, PromptTooLongError, encode_prompts, left_pad, position_ids_from_mask
 from sppo_rl.llm.tiny import TINY_QWEN2
