@@ -9,12 +9,16 @@ A checkpoint is a folder::
     critic.safetensors       the critic's trainable weights (head, plus its adapter or its whole trunk) and the
                              head's buffers
     optimizer.pt             both optimizer states (tensors only; read with ``torch.load(weights_only=True)``)
-    rng_state.safetensors    torch CPU/CUDA and shuffle-generator states
+    rng_state.safetensors    torch CPU/CUDA and shuffle-generator states (rank 0; other ranks:
+                             rng_state_rank<r>.safetensors)
     trainer_state.json       iteration, responses seen, prompt-sampler position, Python and NumPy RNG states
     tokenizer/, critic_tokenizer/   the tokenizers (in-process tokenizers are reused on load)
 
 Base weights are not copied (they are the pretrained model, or a seeded random init). A fingerprint of the
 frozen base weights is stored and checked on load, so restoring an adapter onto a different base fails loudly.
+Weights and optimizer states are stored whole (FSDP shards are gathered), so a checkpoint loads at any number of
+processes. A save goes to ``<folder>.tmp`` and is renamed when complete; a missing or damaged file is an error that
+names it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,11 +39,23 @@ from sppo_rl.version import __version__
 from .config import RunConfig, TrainerConfig, to_dict
 from .critic import LMCritic
 from .data import PromptSampler
+from .distributed import Distributed, copy_full_into, full_tensor, load_optimizer_state, optimizer_state
 from .models import PolicyModel
 
-__all__ = ["CHECKPOINT_FORMAT", "frozen_fingerprint", "load_checkpoint", "read_checkpoint_config", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DamagedCheckpointError",
+    "frozen_fingerprint",
+    "load_checkpoint",
+    "read_checkpoint_config",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "sppo-rl-llm-checkpoint/1"
+
+
+class DamagedCheckpointError(ValueError):
+    """A file of a checkpoint is missing or cannot be read (named in the message)."""
 
 
 class TrainerState(Protocol):
@@ -56,6 +74,7 @@ class TrainerState(Protocol):
     iteration: int
     num_timesteps: int
     last_metrics: dict[str, float]
+    dist: Distributed
     _seeded: bool
 
 
@@ -91,7 +110,7 @@ def _all_trainable(trainer: TrainerState) -> list[torch.nn.Parameter]:
 
 def _policy_state(trainer: TrainerState) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in trainer.policy.model.named_parameters()}
-    return {names[id(p)]: p.detach().contiguous() for p in trainer.policy_params}
+    return {names[id(p)]: full_tensor(p.detach()).contiguous() for p in trainer.policy_params}
 
 
 def _estimator_state(trainer: TrainerState) -> Any:
@@ -101,40 +120,75 @@ def _estimator_state(trainer: TrainerState) -> Any:
 
 
 def save_checkpoint(trainer: TrainerState, path: str) -> str:
-    """Write ``trainer``'s state to folder ``path``.
+    """Write ``trainer``'s state to folder ``path``, atomically.
+
+    Everything is written to ``<path>.tmp`` first and renamed to ``path`` once complete (``config.json`` last), so
+    an interrupted save never leaves a folder that looks like a checkpoint. On several ranks every rank calls this:
+    sharded (FSDP) tensors are gathered to full ones, rank 0 writes the shared files, and each rank writes its own
+    random state (``rng_state_rank<r>.safetensors`` beside rank 0's ``rng_state.safetensors``).
 
     :param trainer: the trainer
-    :param path: destination folder (created; files in it are overwritten)
+    :param path: destination folder (replaced if it exists)
     :return: ``path``
     """
     from safetensors.torch import save_file
 
-    os.makedirs(path, exist_ok=True)
-    policy = trainer.policy
-    if policy.has_lora:
-        # the base weights are never changed by LoRA, so an adapted output head need not be copied
-        policy.model.save_pretrained(
-            os.path.join(path, "policy_adapter"), selected_adapters=[policy.adapter_name], save_embedding_layers=False
-        )
-    else:
-        save_file(_policy_state(trainer), os.path.join(path, "policy.safetensors"))
-    if trainer.critic is not None:
-        state = {k: v.contiguous().clone() for k, v in trainer.critic.trainable_state_dict().items()}
-        save_file(state, os.path.join(path, "critic.safetensors"))
-        if not trainer.critic.shared:
-            trainer.critic.tokenizer.save_pretrained(os.path.join(path, "critic_tokenizer"))
-    policy.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+    dist = trainer.dist
+    path = os.path.normpath(path)
+    tmp = f"{path}.tmp"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
 
-    optim = {"policy": trainer.policy_optimizer.state_dict()}
-    if trainer.critic_optimizer is not None:
-        optim["critic"] = trainer.critic_optimizer.state_dict()
-    torch.save(optim, os.path.join(path, "optimizer.pt"))
+    # weights (gathered to full tensors on every rank: a collective under FSDP)
+    policy = trainer.policy
+    policy_state = None if policy.has_lora else _policy_state(trainer)
+    critic_state = None
+    if trainer.critic is not None:
+        critic_state = {
+            k: full_tensor(v).contiguous().clone() for k, v in trainer.critic.trainable_state_dict().items()
+        }
+    optim = {"policy": optimizer_state(trainer.policy_optimizer, policy.model)}
+    if trainer.critic_optimizer is not None and trainer.critic is not None:
+        optim["critic"] = optimizer_state(trainer.critic_optimizer, trainer.critic)
 
     rng = {"torch_cpu": torch.get_rng_state(), "shuffle": trainer.shuffle_generator.get_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
-    save_file({k: v.contiguous() for k, v in rng.items()}, os.path.join(path, "rng_state.safetensors"))
+    rng_file = "rng_state.safetensors" if dist.is_main else f"rng_state_rank{dist.rank}.safetensors"
+    save_file({k: v.contiguous() for k, v in rng.items()}, os.path.join(tmp, rng_file))
+
+    if dist.is_main:
+        if policy.has_lora:
+            # the base weights are never changed by LoRA, so an adapted output head need not be copied
+            policy.model.save_pretrained(
+                os.path.join(tmp, "policy_adapter"),
+                selected_adapters=[policy.adapter_name],
+                save_embedding_layers=False,
+            )
+        else:
+            assert policy_state is not None
+            save_file(policy_state, os.path.join(tmp, "policy.safetensors"))
+        if trainer.critic is not None and critic_state is not None:
+            save_file(critic_state, os.path.join(tmp, "critic.safetensors"))
+            if not trainer.critic.shared:
+                trainer.critic.tokenizer.save_pretrained(os.path.join(tmp, "critic_tokenizer"))
+        policy.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+        torch.save(optim, os.path.join(tmp, "optimizer.pt"))
+        _write_trainer_state(trainer, tmp)
+        _write_config(trainer, tmp)
+    dist.barrier()
+    if dist.is_main:
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    dist.barrier()
+    return path
+
+
+def _write_trainer_state(trainer: TrainerState, folder: str) -> None:
     np_state: Any = np.random.get_state()
     py_state = random.getstate()
     trainer_state: dict[str, Any] = {
@@ -146,9 +200,11 @@ def save_checkpoint(trainer: TrainerState, path: str) -> str:
         "python_random": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy_random": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }
-    with open(os.path.join(path, "trainer_state.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(folder, "trainer_state.json"), "w", encoding="utf-8") as f:
         json.dump(trainer_state, f)
 
+
+def _write_config(trainer: TrainerState, folder: str) -> None:
     config = {
         "format": CHECKPOINT_FORMAT,
         "sppo_rl_version": __version__,
@@ -158,14 +214,15 @@ def save_checkpoint(trainer: TrainerState, path: str) -> str:
         "value_head": None if trainer.critic is None else trainer.critic.head.name,
         "iteration": trainer.iteration,
         "num_timesteps": trainer.num_timesteps,
+        "world_size": trainer.dist.world_size,
+        "strategy": trainer.dist.strategy,
         "trainer_config": to_dict(trainer.config),
         "run_config": trainer.run_config.to_dict() if trainer.run_config is not None else None,
         "fingerprints": _fingerprints(trainer),
         "last_metrics": trainer.last_metrics,
     }
-    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, default=str)
-    return path
 
 
 def read_checkpoint_config(path: str) -> dict[str, Any]:
@@ -177,11 +234,22 @@ def read_checkpoint_config(path: str) -> dict[str, Any]:
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{path} is not an sppo-rl LLM checkpoint (no config.json)")
-    with open(file, encoding="utf-8") as f:
-        config = json.load(f)
+    config = _read(file, lambda: json.loads(Path(file).read_text(encoding="utf-8")))
     if config.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {config.get('format')!r}; expected {CHECKPOINT_FORMAT}")
     return config
+
+
+def _read(file: str, load: Callable[[], Any]) -> Any:
+    """``load()``, with any failure reported as :class:`DamagedCheckpointError` naming ``file``."""
+    if not os.path.exists(file):
+        raise DamagedCheckpointError(f"The checkpoint file {file} is missing")
+    try:
+        return load()
+    except Exception as exc:
+        raise DamagedCheckpointError(
+            f"The checkpoint file {file} cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _check_fingerprint(name: str, saved: list[float] | None, current: list[float]) -> None:
@@ -221,34 +289,40 @@ def load_checkpoint(trainer: TrainerState, path: str) -> None:
     device = trainer.policy.device
     policy = trainer.policy
     if policy.has_lora:
-        weights = load_peft_weights(os.path.join(path, "policy_adapter"), device=str(device))
+        adapter = os.path.join(path, "policy_adapter")
+        weights = _read(adapter, lambda: load_peft_weights(adapter, device=str(device)))
         result = set_peft_model_state_dict(policy.model, weights, adapter_name=policy.adapter_name)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"The policy adapter in {path} does not match the model: unexpected {unexpected[:5]}")
     else:
-        state = load_file(os.path.join(path, "policy.safetensors"), device=str(device))
+        file = os.path.join(path, "policy.safetensors")
+        state = _read(file, lambda: load_file(file, device=str(device)))
         own = dict(policy.model.named_parameters())
         with torch.no_grad():
             for name, tensor in state.items():
-                own[name].copy_(tensor)
+                copy_full_into(own[name], tensor)
     if trainer.critic is not None:
-        trainer.critic.load_trainable_state_dict(load_file(os.path.join(path, "critic.safetensors")))
+        file = os.path.join(path, "critic.safetensors")
+        trainer.critic.load_trainable_state_dict(_read(file, lambda: load_file(file)))
 
-    optim = torch.load(os.path.join(path, "optimizer.pt"), map_location=device, weights_only=True)
-    trainer.policy_optimizer.load_state_dict(optim["policy"])
-    if trainer.critic_optimizer is not None:
-        trainer.critic_optimizer.load_state_dict(optim["critic"])
+    file = os.path.join(path, "optimizer.pt")
+    optim = _read(file, lambda: torch.load(file, map_location=device, weights_only=True))
+    load_optimizer_state(trainer.policy_optimizer, policy.model, optim["policy"])
+    if trainer.critic_optimizer is not None and trainer.critic is not None:
+        load_optimizer_state(trainer.critic_optimizer, trainer.critic, optim["critic"])
 
-    rng = load_file(os.path.join(path, "rng_state.safetensors"))
+    own_rng = os.path.join(path, f"rng_state_rank{trainer.dist.rank}.safetensors")
+    file = own_rng if trainer.dist.rank and os.path.isfile(own_rng) else os.path.join(path, "rng_state.safetensors")
+    rng = _read(file, lambda: load_file(file))
     torch.set_rng_state(rng["torch_cpu"])
     trainer.shuffle_generator.set_state(rng["shuffle"])
     if torch.cuda.is_available():
         states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
         if states and len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
-    with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
-        state = json.load(f)
+    file = os.path.join(path, "trainer_state.json")
+    state = _read(file, lambda: json.loads(Path(file).read_text(encoding="utf-8")))
     py = state["python_random"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npr = state["numpy_random"]

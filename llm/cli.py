@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 __all__ = ["main"]
 
 
@@ -48,19 +50,26 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     resume = args.resume
+    rank0 = os.environ.get("RANK", "0") == "0"
     if resume == "auto":
         resume = _latest_checkpoint(cfg.output_dir)
-        if resume is None:
+        if resume is None and rank0:
             print(f"No checkpoint under {cfg.output_dir}/checkpoints; starting from scratch", flush=True)
     trainer = build_trainer(cfg, checkpoint=resume, verbose=0 if args.quiet else 1)
+    main = trainer.dist.is_main
     if resume:
         trainer.load_checkpoint(resume)
-        print(f"Resumed from {resume} at iteration {trainer.iteration} ({trainer.num_timesteps} responses)", flush=True)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    import yaml
+        if main:
+            print(
+                f"Resumed from {resume} at iteration {trainer.iteration} ({trainer.num_timesteps} responses)",
+                flush=True,
+            )
+    if main:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        import yaml
 
-    with open(os.path.join(cfg.output_dir, "config.yml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        with open(os.path.join(cfg.output_dir, "config.yml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
     t = cfg.train
     per_iter = cfg.trainer.prompts_per_step * cfg.trainer.samples_per_prompt
     if t.n_iterations is not None:
@@ -90,9 +99,10 @@ def _train(args: argparse.Namespace) -> int:
     if trainer.eval_dataset is not None:
         result = trainer.evaluate()
         summary["eval"] = {k: v for k, v in result.items() if k != "per_prompt"}
-    print(json.dumps(summary, indent=2), flush=True)
-    with open(os.path.join(cfg.output_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    if main:
+        print(json.dumps(summary, indent=2), flush=True)
+        with open(os.path.join(cfg.output_dir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
     return 0
 
 
@@ -197,8 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@record
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sppo-llm`` (``sppo_rl.llm.cli:main``)."""
+    """Entry point of ``sppo-llm`` (``sppo_rl.llm.cli:main``); under ``torchrun`` / ``accelerate launch`` an error
+    is recorded for the launcher, which ends the other ranks and shows this rank's traceback."""
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

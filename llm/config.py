@@ -27,6 +27,7 @@ from .engine_registry import check_engine_name
 __all__ = [
     "CriticSpec",
     "DataSpec",
+    "DistributedSettings",
     "EvalSettings",
     "GenerationSettings",
     "LoraSettings",
@@ -175,6 +176,23 @@ class GenerationSettings:
     merge_adapter: bool = False
 
 
+DISTRIBUTED_STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+@dataclass
+class DistributedSettings:
+    """How several processes (``torchrun`` / ``accelerate launch``) share the work; ignored in one process.
+
+    :param strategy: ``"ddp"`` (every rank holds the models; gradients are summed across ranks), ``"fsdp"`` (as
+        ``ddp``, and the models trained in full, e.g. a critic without LoRA, are sharded with FSDP2 layer by
+        layer), or ``"auto"`` (the accelerate config's choice: ``fsdp`` under an FSDP config, else ``ddp``)
+    :param timeout_s: a collective that waits longer than this fails (a rank that died or hangs ends the job)
+    """
+
+    strategy: str = "auto"
+    timeout_s: float = 1800.0
+
+
 @dataclass
 class TrainerConfig:
     """Hyperparameters of :class:`~sppo_rl.llm.trainer.SPPOTrainer` (the paper's values by default).
@@ -222,6 +240,7 @@ class TrainerConfig:
     :param grpo_eps: shorthand for ``estimator_kwargs.eps``: added to the group std (``None``: 1e-6)
     :param grpo_normalize_by_std: shorthand for ``estimator_kwargs.normalize_by_std``: divide by the group std
         (``None``: on; ``False`` is Dr. GRPO's advantage, also available as ``estimator: dr_grpo``)
+    :param distributed: :class:`DistributedSettings` (several processes)
     :param generation: :class:`GenerationSettings`
     :param max_prompt_length: prompt limit in policy tokens
     :param prompt_truncation: ``"error"`` (a longer prompt raises) or ``"left"`` (keep its last tokens; counted
@@ -265,6 +284,7 @@ class TrainerConfig:
     grpo_eps: float | None = None
     grpo_normalize_by_std: bool | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
     max_prompt_length: int = 1024
     prompt_truncation: str = "error"
     chat_template: bool | str = "auto"
@@ -318,6 +338,12 @@ class TrainerConfig:
         if self.generation.temperature <= 0:
             raise ValueError("generation.temperature must be > 0 (greedy decoding is only used for ReMax's baseline)")
         check_engine_name(self.generation.engine)
+        if self.distributed.strategy not in DISTRIBUTED_STRATEGIES:
+            raise ValueError(
+                f"distributed.strategy must be one of {DISTRIBUTED_STRATEGIES}, got {self.distributed.strategy!r}"
+            )
+        if self.distributed.timeout_s <= 0:
+            raise ValueError(f"distributed.timeout_s must be > 0, got {self.distributed.timeout_s}")
         if self.generation.kv_bucket < 0:
             raise ValueError(f"generation.kv_bucket must be >= 0, got {self.generation.kv_bucket}")
 

@@ -30,6 +30,7 @@ from sppo_rl.value_heads import ValueHead, make_value_head
 
 from .config import CriticSpec, LoraSettings, ModelSpec
 from .data import Message, has_chat_template, render_messages
+from .distributed import copy_full_into
 from .model_files import ensure_pad_token, load_pretrained_model, load_tokenizer
 from .models import (
     PolicyModel,
@@ -220,9 +221,8 @@ class LMCritic(nn.Module):
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
             raise ValueError(f"Critic checkpoint does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        with torch.no_grad():
-            for name, tensor in own.items():
-                tensor.copy_(state[name].to(tensor.device, tensor.dtype))
+        for name, tensor in own.items():
+            copy_full_into(tensor, state[name])
 
 
 def make_shared_critic(

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 
 from .config import GenerationSettings
+from .distributed import generation_seed
 from .engine_registry import GENERATION_ENGINES, get_generation_engine, register_generation_engine
 from .models import PolicyModel
 from .sequences import EncodedPrompts, Rollout, response_mask_after_eos
@@ -176,6 +177,8 @@ class GenerationEngine:
         greedy: bool = False,
         settings: GenerationSettings | None = None,
         max_new_tokens: int | None = None,
+        seed: int | None = None,
+        first_row: int = 0,
     ) -> Rollout:
         """Sample one response per prompt row.
 
@@ -183,6 +186,11 @@ class GenerationEngine:
         :param greedy: argmax decoding (ReMax's baseline sample, greedy evaluation)
         :param settings: settings of this call (default: the engine's), e.g. an evaluation temperature
         :param max_new_tokens: overrides ``settings.max_new_tokens``
+        :param seed: sample each batch of ``settings.batch_size`` rows under its own seed,
+            :func:`~sppo_rl.llm.distributed.generation_seed` ``(seed, 0, first_row + start)``, in a forked random
+            state (the global one is left as it was): the responses then depend on the global row of the batch, not
+            on the process that samples it (``None``: the global random state)
+        :param first_row: the global row of ``prompts``' first row (its offset in a step split over ranks)
         :return: a :class:`Rollout`
         """
         settings = settings or self.settings
@@ -199,7 +207,7 @@ class GenerationEngine:
             mask = prompts.attention_mask[start : start + step]
             nonpad = mask.any(0).nonzero()
             p0 = int(nonpad[0, 0]) if len(nonpad) else 0
-            with self._sampling_context():
+            with self._sampling_context(), _seeded(seed, first_row + start, ids.device):
                 pieces.append(self.sample_tokens(ids[:, p0:], mask[:, p0:], settings, greedy, limit))
         width = max(p.shape[1] for p in pieces)
         response = torch.full((n, width), pad_id, dtype=torch.long, device=prompts.input_ids.device)
@@ -216,6 +224,20 @@ class GenerationEngine:
             for i in range(n)
         ]
         return Rollout(prompts.input_ids, prompts.attention_mask, response, response_mask, truncated, texts)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, row: int, device: torch.device) -> Iterator[None]:
+    """A forked random state seeded for the batch that starts at global row ``row`` (no-op without a seed)."""
+    if seed is None:
+        yield
+        return
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(generation_seed(seed, 0, row))
+        yield
 
 
 @register_generation_engine("generate")

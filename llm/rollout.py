@@ -4,7 +4,9 @@ The data path of one collection (the order of the paper)::
 
     prompts -> encode (policy tokens) -> generate (the engine) -> score (the reward runner)
             -> behaviour log-probs (forward pass of the training model, no grad)
-            -> critic V(prompt) from the critic *before* its update (no grad) -> advantages (the estimator)
+            -> critic V(prompt) from the critic *before* its update (no grad)
+            -> [several ranks: gather the ranks' blocks into the global batch]
+            -> advantages (the estimator, on the global batch)
 
 What is computed depends on what the advantage estimator declares (:mod:`sppo_rl.objectives`): start-state values
 (``baselines``) from the prompt critic, per-token ``values`` from a per-token critic, ``greedy_outcomes`` from one
@@ -13,6 +15,7 @@ greedy sample per prompt, ``group_ids`` for the samples of one prompt. No estima
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,11 +29,12 @@ from sppo_rl.value_heads import brier_score
 from .config import TrainerConfig
 from .critic import LMCritic
 from .data import PromptDataset, has_chat_template, render_messages
+from .distributed import Distributed, generation_seed
 from .generation import GenerationEngine
 from .logprobs import policy_logprobs
 from .memory import peak_memory_mb
 from .models import PolicyModel
-from .rewards import RewardRunner, ScoredBatch
+from .rewards import RewardRunner, RewardStats, ScoredBatch
 from .sequences import EncodedPrompts, Rollout, encode_prompts
 
 __all__ = ["RolloutBatch", "RolloutCollector", "chunks", "trim_left"]
@@ -58,7 +62,7 @@ class RolloutBatch:
     :param entropy: ``(B, T)`` entropy of the policy at each response position
     :param prompts_truncated: prompts cut on the left to fit the policy's limit
     :param critic_prompts_truncated: prompts cut on the left to fit the critic's limit
-    :param timings: seconds spent generating, scoring and computing log-probs/values/advantages
+    :param timings: seconds spent generating, scoring and computing log-probs/values/advantages (the slowest rank's)
     :param generation_peak_mb: peak memory at the end of generation (see
         :func:`~sppo_rl.llm.memory.peak_memory_mb`)
     """
@@ -70,7 +74,7 @@ class RolloutBatch:
     success: Tensor
     old_logp: Tensor
     ref_logp: Tensor | None
-    advantages: Tensor
+    advantages: Tensor | None
     critic_inputs: EncodedPrompts | None
     values: Tensor | None
     returns: Tensor | None
@@ -86,8 +90,66 @@ class RolloutBatch:
     def size(self) -> int:
         return int(self.outcomes.shape[0])
 
+    def gather(self, dist: Distributed, pad_id: int, critic_pad_id: int = 0) -> RolloutBatch:
+        """The global batch: every rank's block, in rank order, padded to common widths (identity in one process).
+
+        :param dist: the ranks
+        :param pad_id: the policy's pad token (left padding of prompts, right padding of responses)
+        :param critic_pad_id: the critic's pad token
+        """
+        if not dist.active:
+            return self
+        r = self.rollout
+
+        def opt(t: Tensor | None, pad_dim: int | None = 1) -> Tensor | None:
+            return None if t is None else dist.gather_padded(t, pad_dim)
+
+        rollout = Rollout(
+            dist.gather_padded(r.prompt_ids, 1, pad_id, left=True),
+            dist.gather_padded(r.prompt_mask, 1, 0, left=True),
+            dist.gather_padded(r.response_ids, 1, pad_id),
+            dist.gather_padded(r.response_mask, 1, 0),
+            dist.gather_padded(r.truncated.to(torch.uint8)).bool(),
+            dist.gather_objects(r.texts),
+        )
+        critic_inputs = None
+        if self.critic_inputs is not None:
+            c = self.critic_inputs
+            critic_inputs = EncodedPrompts(
+                dist.gather_padded(c.input_ids, 1, critic_pad_id, left=True),
+                dist.gather_padded(c.attention_mask, 1, 0, left=True),
+                int(sum(dist.gather_objects([c.n_truncated]))),
+            )
+        values = self.values
+        if values is not None:
+            values = dist.gather_padded(values, 1 if values.dim() == 2 else None)
+        scored = merge_scored(dist.gather_objects([self.scored]))
+        timings = dist.gather_objects([self.timings])
+        return RolloutBatch(
+            rollout=rollout,
+            rows=dist.gather_objects(self.rows),
+            group_ids=dist.gather_padded(self.group_ids, None),
+            outcomes=dist.gather_padded(self.outcomes, None),
+            success=dist.gather_padded(self.success.to(torch.uint8), None).bool(),
+            old_logp=dist.gather_padded(self.old_logp, 1),
+            ref_logp=opt(self.ref_logp),
+            advantages=opt(self.advantages),
+            critic_inputs=critic_inputs,
+            values=values,
+            returns=opt(self.returns),
+            greedy_outcomes=opt(self.greedy_outcomes, None),
+            scored=scored,
+            entropy=opt(self.entropy),
+            prompts_truncated=int(sum(dist.gather_objects([self.prompts_truncated]))),
+            critic_prompts_truncated=critic_inputs.n_truncated if critic_inputs is not None else 0,
+            timings=(max(t[0] for t in timings), max(t[1] for t in timings), max(t[2] for t in timings)),
+            generation_peak_mb=max(dist.gather_objects([self.generation_peak_mb])),
+        )
+
     def metrics(self) -> dict[str, float]:
         """The ``rollout/*`` and ``train/value*``/``train/advantage*`` metrics of this batch."""
+        if self.advantages is None:
+            raise ValueError("The batch has no advantages yet (RolloutCollector.finish computes them)")
         r = self.rollout
         mask = r.response_mask.to(torch.float32)
         lengths = r.response_lengths.to(torch.float32)
@@ -120,6 +182,24 @@ class RolloutBatch:
         if self.greedy_outcomes is not None:
             metrics["rollout/greedy_reward_mean"] = float(self.greedy_outcomes.mean())
         return metrics
+
+
+def merge_scored(parts: list[ScoredBatch]) -> ScoredBatch:
+    """One :class:`~sppo_rl.llm.rewards.ScoredBatch` from the ranks' (lists concatenated, counts summed)."""
+    if len(parts) == 1:
+        return parts[0]
+    stats = RewardStats()
+    for part in parts:
+        for name in ("n", "no_answer", "errors", "timeouts", "invalid", "none"):
+            setattr(stats, name, getattr(stats, name) + getattr(part.stats, name))
+        stats.last_error = part.stats.last_error or stats.last_error
+    return ScoredBatch(
+        rewards=[x for p in parts for x in p.rewards],
+        success=[x for p in parts for x in p.success],
+        parsed=[x for p in parts for x in p.parsed],
+        failures=[x for p in parts for x in p.failures],
+        stats=stats,
+    )
 
 
 def chunks(index: Tensor, size: int) -> list[Tensor]:
@@ -268,10 +348,15 @@ class RolloutCollector:
 
     # ---- one collection ----------------------------------------------------------------------------------
 
-    def collect(self, indices: Sequence[int]) -> RolloutBatch:
-        """Sample, score, and compute log-probs, old critic values and advantages for the prompts ``indices``.
+    def collect(self, indices: Sequence[int], iteration: int = 0, first_prompt: int = 0) -> RolloutBatch:
+        """Sample, score, and compute the behaviour log-probs and old critic values of the prompts ``indices``.
+
+        The advantages are left to :meth:`finish`, which runs on the global batch (all ranks' prompts).
 
         :param indices: dataset rows, one per prompt; each is sampled ``samples_per_prompt`` times in a row
+        :param iteration: the training iteration (part of the sampling seed)
+        :param first_prompt: the position of ``indices[0]`` among the step's prompts (its rank's offset): group
+            ids and sampling seeds are global
         """
         cfg = self.config
         est = self.estimator
@@ -281,8 +366,11 @@ class RolloutCollector:
         messages = [self.dataset.messages(i) for i in indices]
         prompt_texts = [self.render_policy(m) for m in messages]
         prompts = self.encode_policy(prompt_texts)
-        rollout = self.engine.generate(prompts.repeat_interleave(n))
-        greedy = self.engine.generate(prompts, greedy=True) if "greedy_outcomes" in est.inputs else None
+        seed = generation_seed(cfg.seed, iteration, 0)
+        rollout = self.engine.generate(prompts.repeat_interleave(n), seed=seed, first_row=first_prompt * n)
+        greedy = None
+        if "greedy_outcomes" in est.inputs:
+            greedy = self.engine.generate(prompts, greedy=True, seed=seed, first_row=first_prompt)
         t_gen = time.perf_counter() - t0
         generation_peak_mb = peak_memory_mb(device)
 
@@ -301,34 +389,25 @@ class RolloutCollector:
         old_logp, entropy = self.batched_logprobs(rollout)
         ref_logp = self.batched_logprobs(rollout, reference=True)[0] if cfg.kl_coef > 0 else None
 
-        mask = rollout.response_mask.to(torch.float32)
-        available: dict[str, Any] = {
-            "outcomes": outcomes,
-            "group_ids": torch.arange(len(indices), device=device).repeat_interleave(n),
-            "greedy_outcomes": greedy_outcomes,
-            "mask": mask,
-        }
-        critic_inputs, values, returns = None, None, None
+        critic_inputs, values = None, None
         if "values" in est.inputs:
-            values = available["values"] = self.token_values(rollout)
-            available["rewards"] = _outcome_on_last_token(outcomes, rollout)
+            values = self.token_values(rollout)
         elif self.critic is not None:
             critic_inputs = self.critic.encode(messages).repeat_interleave(n)
-            values = available["baselines"] = self.prompt_values(critic_inputs)
-        advantages, returns = self.advantages(available, mask)
+            values = self.prompt_values(critic_inputs)
         timings = (t_gen, t_score, time.perf_counter() - t0 - t_gen - t_score)
         return RolloutBatch(
             rollout=rollout,
             rows=rows,
-            group_ids=available["group_ids"],
+            group_ids=torch.arange(first_prompt, first_prompt + len(indices), device=device).repeat_interleave(n),
             outcomes=outcomes,
             success=success,
             old_logp=old_logp,
             ref_logp=ref_logp,
-            advantages=advantages,
+            advantages=None,
             critic_inputs=critic_inputs,
             values=values,
-            returns=returns,
+            returns=None,
             greedy_outcomes=greedy_outcomes,
             scored=scored,
             entropy=entropy,
@@ -338,19 +417,41 @@ class RolloutCollector:
             generation_peak_mb=generation_peak_mb,
         )
 
-    def advantages(self, available: dict[str, Any], mask: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``((B, T) per-token advantages, (B, T) returns or None)`` from the estimator's declared inputs.
+    def finish(self, batch: RolloutBatch) -> RolloutBatch:
+        """The batch with its per-token advantages (and the per-token critic's returns), from what the estimator
+        declares; on several ranks this runs on the gathered global batch, identically on every rank.
 
-        :param available: every input this collection computed (the estimator takes what it declares)
-        :param mask: ``(B, T)`` valid response tokens
+        :param batch: a collected (and gathered) batch without advantages
         """
+        t0 = time.perf_counter()
+        rollout = batch.rollout
+        mask = rollout.response_mask.to(torch.float32)
+        available: dict[str, Any] = {
+            "outcomes": batch.outcomes,
+            "group_ids": batch.group_ids,
+            "greedy_outcomes": batch.greedy_outcomes,
+            "mask": mask,
+        }
+        if "values" in self.estimator.inputs:
+            available["values"] = batch.values
+            available["rewards"] = _outcome_on_last_token(batch.outcomes, rollout)
+        elif batch.values is not None:
+            available["baselines"] = batch.values
         out = self.advantage_fn(**self.estimator.select_inputs(available))
-        if not self.estimator.sequence_level:
+        returns = None
+        if self.estimator.sequence_level:
+            if self.config.normalize_advantages:
+                out = whiten_advantages(out)
+            advantages = broadcast_to_steps(out, mask)
+        else:
             advantages, returns = out
-            return advantages, returns
-        if self.config.normalize_advantages:
-            out = whiten_advantages(out)
-        return broadcast_to_steps(out, mask), None
+        t_gen, t_score, t_rest = batch.timings
+        return dataclasses.replace(
+            batch,
+            advantages=advantages,
+            returns=returns,
+            timings=(t_gen, t_score, t_rest + time.perf_counter() - t0),
+        )
 
 
 def _outcome_on_last_token(outcomes: Tensor, rollout: Rollout) -> Tensor:

@@ -41,9 +41,18 @@ from torch import nn
 from sppo_rl.objectives import get_advantage_estimator
 
 from .checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from .config import CriticSpec, GenerationSettings, ModelSpec, RunConfig, TrainerConfig, from_dict
+from .config import (
+    CriticSpec,
+    DistributedSettings,
+    GenerationSettings,
+    ModelSpec,
+    RunConfig,
+    TrainerConfig,
+    from_dict,
+)
 from .critic import LMCritic, same_vocabulary
 from .data import PromptDataset, PromptSampler, load_prompt_dataset
+from .distributed import Distributed
 from .evaluation import evaluate_policy
 from .generation import make_generation_engine
 from .loading import (
@@ -113,11 +122,20 @@ class SPPOTrainer:
         cfg = replace(config or TrainerConfig(), **overrides)
         if isinstance(cfg.generation, dict):
             cfg.generation = GenerationSettings(**cfg.generation)
+        if isinstance(cfg.distributed, dict):
+            cfg.distributed = DistributedSettings(**cfg.distributed)
         cfg.validate()
         self.config = cfg
         self.run_config = run_config
-        self.verbose = verbose
         self.estimator = get_advantage_estimator(cfg.estimator)
+        # several processes (torchrun / accelerate launch): checked before any model is built
+        self.dist = Distributed.from_environment(cfg.distributed)
+        self.dist.check_divides(
+            prompts_per_step=cfg.prompts_per_step,
+            mini_batch_size=cfg.mini_batch_size,
+            critic_mini_batch_size=cfg.critic_mini_batch_size,
+        )
+        self.verbose = verbose if self.dist.is_main else 0
 
         # data and rewards
         self.env, self.dataset = resolve_train_data(train_data)
@@ -128,6 +146,7 @@ class SPPOTrainer:
         _seed_global(cfg.seed)
         self.policy, self.critic = build_models(policy, critic, cfg, self.dataset, tokenizer, critic_tokenizer)
         self._check_components()
+        self._shard_models()  # FSDP: before the optimizers, which then hold the shards
 
         # optimisers
         self.policy_params = self.policy.trainable_parameters()
@@ -171,6 +190,8 @@ class SPPOTrainer:
         self.history: list[dict[str, float]] = []
         self.last_batch: RolloutBatch | None = None
         self._seeded = False
+        if not self.dist.is_main:
+            logger = make_logger(None, [], 0)  # one voice: only rank 0 prints and writes logs
         self.logger = logger if logger is not None else make_logger(log_dir, logger_formats, verbose)
 
     # ------------------------------------------------------------------------------------------------------
@@ -198,8 +219,6 @@ class SPPOTrainer:
         critic_tokenizer = None
         if config.critic.mode == "separate":
             critic_tokenizer = saved_tokenizer(checkpoint, "critic_tokenizer", config.critic.model.tokenizer)
-        if logger is None:
-            logger = make_logger(config.output_dir, list(config.train.logger), verbose)
         return cls(
             policy=config.policy,
             train_data=dataset,
@@ -210,6 +229,8 @@ class SPPOTrainer:
             tokenizer=tokenizer,
             critic_tokenizer=critic_tokenizer,
             logger=logger,
+            log_dir=config.output_dir,
+            logger_formats=list(config.train.logger),
             verbose=verbose,
             run_config=config,
         )
@@ -263,6 +284,19 @@ class SPPOTrainer:
                 "kl_coef > 0 needs a LoRA policy: the reference is the base model with the adapter disabled"
             )
 
+    def _shard_models(self) -> None:
+        """``distributed.strategy: fsdp``: shard the models trained in full (LoRA models stay replicated)."""
+        if self.dist.strategy != "fsdp" or not self.dist.active:
+            return
+        critic = self.critic
+        if critic is not None and not critic.shared and not hasattr(critic.backbone, "peft_config"):
+            self.dist.shard(critic.backbone, "critic")
+            self.dist.shard(critic.head, "critic value head", layers=False)
+        if not self.policy.has_lora:
+            decoder, head, _ = self.policy.parts
+            self.dist.shard(decoder, "policy")
+            self.dist.shard(head, "policy output head", layers=False)
+
     # ------------------------------------------------------------------------------------------------------
     # helpers
     # ------------------------------------------------------------------------------------------------------
@@ -291,15 +325,30 @@ class SPPOTrainer:
     # ------------------------------------------------------------------------------------------------------
 
     def collect_rollout(self) -> RolloutBatch:
-        """Sample, score, and compute log-probs, old critic values and advantages for the next prompts."""
-        return self.collector.collect(self.sampler.next(self.config.prompts_per_step))
+        """Sample, score, and compute log-probs, old critic values and advantages for the next prompts.
+
+        On several ranks each rank collects its block of the step's prompts, the blocks are gathered, and the
+        advantages are computed on the global batch (every rank returns the same batch).
+        """
+        indices = self.sampler.next(self.config.prompts_per_step)
+        block = self.dist.block(len(indices))
+        local = self.collector.collect(indices[block], iteration=self.iteration, first_prompt=block.start)
+        critic_pad = self.critic.tokenizer.pad_token_id if self.critic is not None else 0
+        batch = local.gather(self.dist, self.policy.tokenizer.pad_token_id, critic_pad)
+        return self.collector.finish(batch)
 
     def train_critic(self, batch: RolloutBatch) -> dict[str, float]:
         """Update the critic on ``(prompt, R)`` pairs (or per-token returns for a step-level estimator)."""
         if self.critic is None or self.critic_optimizer is None:
             return {}
         return update_critic(
-            self.critic, self.critic_optimizer, self.critic_params, batch, self.config, self.shuffle_generator
+            self.critic,
+            self.critic_optimizer,
+            self.critic_params,
+            batch,
+            self.config,
+            self.shuffle_generator,
+            self.dist,
         )
 
     def train_policy(self, batch: RolloutBatch) -> dict[str, float]:
@@ -313,6 +362,7 @@ class SPPOTrainer:
             self.config,
             self.shuffle_generator,
             self.collector.logprobs,
+            self.dist,
         )
 
     def train_iteration(self) -> dict[str, float]:
@@ -402,7 +452,7 @@ class SPPOTrainer:
         cb.init_callback(self)  # type: ignore[arg-type]  # SB3 callbacks read get_env, logger, num_timesteps
         cb.on_training_start(locals(), globals())
         bar = None
-        if progress_bar:
+        if progress_bar and self.dist.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n_iterations * per_iter, unit="resp", dynamic_ncols=True)

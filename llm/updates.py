@@ -3,7 +3,9 @@
 Both go over the batch in mini-batches (one optimizer step each) of micro-batches (forward/backward passes whose
 gradients are accumulated). Each micro-batch's loss is weighted so that the accumulated gradient equals the
 gradient of the loss over the whole mini-batch: by its share of the mini-batch's tokens for ``token-mean``, by its
-share of the sequences for the sequence-mean modes.
+share of the sequences for the sequence-mean modes. On several ranks each mini-batch is cut into equal parts, one
+per rank; the shares are of the *global* mini-batch and the ranks' gradients are summed before the optimizer step
+(:meth:`~sppo_rl.llm.distributed.Distributed.sync_gradients`), so the step is the one a single process takes.
 
 All the math is :mod:`sppo_rl.objectives` (:func:`~sppo_rl.objectives.clipped_policy_loss`,
 :func:`~sppo_rl.objectives.kl_penalty`, :func:`~sppo_rl.objectives.aggregate_loss`) and the critic's value head
@@ -23,6 +25,7 @@ from sppo_rl.objectives import aggregate_loss, clipped_policy_loss, kl_penalty
 
 from .config import TrainerConfig
 from .critic import LMCritic
+from .distributed import Distributed
 from .models import train_mode
 from .rollout import RolloutBatch, chunks, trim_left
 from .sequences import Rollout
@@ -46,6 +49,7 @@ def update_critic(
     batch: RolloutBatch,
     config: TrainerConfig,
     generator: torch.Generator,
+    dist: Distributed | None = None,
 ) -> dict[str, float]:
     """Train the critic with its head's loss: on ``(prompt, R)`` pairs, or on per-token returns when the
     estimator is step-level (``batch.returns`` is set).
@@ -56,21 +60,24 @@ def update_critic(
     :param batch: the iteration's data
     :param config: batch sizes, epochs, clipping
     :param generator: the shuffling generator (shared with the policy update)
+    :param dist: the ranks (``None``: one process)
     :return: ``train/value_loss`` and ``train/critic_grad_norm``
     """
+    dist = dist or Distributed()
     device = batch.outcomes.device
     critic.head.update_statistics(batch.outcomes)
     n = config.samples_per_prompt
     mb = (config.critic_mini_batch_size or config.mini_batch_size or config.prompts_per_step) * n
     micro = config.critic_micro_batch_size or config.micro_batch_size
-    losses, norms, weights = [], [], []
+    sums = {"loss": 0.0, "weight": 0.0}
+    norms = []
     with train_mode(critic.backbone), critic.active():
         for _ in range(config.critic_epochs or config.n_epochs):
             perm = torch.randperm(batch.size, generator=generator).to(device)
             for mini in chunks(perm, mb):
                 optimizer.zero_grad(set_to_none=True)
                 total_tokens = batch.rollout.response_mask[mini].sum().clamp(min=1)
-                for idx in chunks(mini, micro):
+                for idx in chunks(mini[dist.block(len(mini))], micro):
                     if batch.returns is not None:
                         sub = batch.rollout.select(idx)
                         width = sub.response_mask.shape[1]
@@ -89,14 +96,15 @@ def update_critic(
                         loss = critic.head.loss_from_output(out, batch.outcomes[idx].to(out.device))
                         weight = torch.tensor(len(idx) / len(mini))
                     (loss * weight.to(loss.device)).backward()
-                    losses.append(float(loss.detach()))
-                    weights.append(float(weight))
+                    sums["loss"] += float(loss.detach()) * float(weight)
+                    sums["weight"] += float(weight)
+                dist.sync_gradients(params)
                 norms.append(clip_gradients(params, config.critic_max_grad_norm))
                 optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # no gradients held through the rest of the iteration
-    total_w = sum(weights) or 1.0
+    sums = dist.sum_values(sums)
     return {
-        "train/value_loss": sum(x * w for x, w in zip(losses, weights, strict=True)) / total_w,
+        "train/value_loss": sums["loss"] / (sums["weight"] or 1.0),
         "train/critic_grad_norm": float(np.mean(norms)) if norms else 0.0,
     }
 
@@ -109,6 +117,7 @@ def update_policy(
     config: TrainerConfig,
     generator: torch.Generator,
     logprobs: LogprobFn,
+    dist: Distributed | None = None,
 ) -> dict[str, float]:
     """PPO epochs over mini-batches (one optimizer step each) of micro-batches (accumulated gradients).
 
@@ -119,8 +128,12 @@ def update_policy(
     :param config: batch sizes, epochs, clipping, loss settings
     :param generator: the shuffling generator (shared with the critic update)
     :param logprobs: ``logprobs(rollout) -> (logp (b, t) with gradient, entropy or None)``
+    :param dist: the ranks (``None``: one process)
     :return: the weighted means of the loss statistics, and ``train/grad_norm``
     """
+    dist = dist or Distributed()
+    if batch.advantages is None:
+        raise ValueError("The batch has no advantages (RolloutCollector.finish computes them)")
     n = config.samples_per_prompt
     mb = (config.mini_batch_size or config.prompts_per_step) * n
     mask_all = batch.rollout.response_mask
@@ -135,7 +148,7 @@ def update_policy(
                 m = mask_all[mini]
                 n_tokens = m.sum().clamp(min=1)
                 n_seqs = (m.sum(-1) > 0).sum().clamp(min=1)
-                for idx in chunks(mini, config.micro_batch_size):
+                for idx in chunks(mini[dist.block(len(mini))], config.micro_batch_size):
                     sub = batch.rollout.select(idx)
                     width = sub.response_mask.shape[1]
                     mask = sub.response_mask.to(torch.float32)
@@ -180,8 +193,10 @@ def update_policy(
                     sums["_weight"] = sums.get("_weight", 0.0) + w
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + w * float(v.detach())
+                dist.sync_gradients(params)
                 norms.append(clip_gradients(params, config.max_grad_norm))
                 optimizer.step()
+    sums = dist.sum_values(sums)
     total_weight = sums.pop("_weight", 0.0)
     metrics = {k: v / max(total_weight, 1e-12) for k, v in sums.items()}
     metrics["train/grad_norm"] = float(np.mean(norms)) if norms else 0.0
