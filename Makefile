@@ -46,7 +46,7 @@ $(VERL_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-verl: $(VERL_VENV)/.installed
-	$(VERL_PY) -m pytest tests/integrations/verl -q --timeout=600 -W "ignore:.*engine is not available:UserWarning"
+	$(VERL_PY) -m pytest tests/integrations/verl -q --timeout=600 -W "ignore::UserWarning:verl.workers.engine"
 
 lint: venv
 	$(VENV)/bin/ruff check .
