@@ -6,8 +6,9 @@
 #
 # Needs GPUs, a rollout engine and the weights (none of which the project's CI machines have):
 #   pip install "sppo-rl[verl]" "verl[vllm]==0.9.1"        # or verl[sglang] and ROLLOUT=sglang
-# Data: verl's parquet format (a chat `prompt`, `reward_model.ground_truth`, `data_source` naming a 0/1
-# scorer such as verl's math one), e.g. written by verl's examples/data_preprocess scripts.
+# Data: verl's parquet format (a chat `prompt`, `reward_model.ground_truth`, and a `data_source` whose scorer
+# returns 0/1, e.g. DigitalLearningGmbH/MATH-lighteval as written by verl's examples/data_preprocess/math_dataset.py;
+# verl's DAPO scorer returns -1/+1 and is refused).
 #
 # Extra Hydra overrides go through: `bash run_seq_ppo_7b.sh trainer.total_epochs=1`; with `--cfg job` it only
 # prints the composed config (no GPU needed).

@@ -51,7 +51,8 @@ def sequence_outcomes(token_level_rewards: torch.Tensor, response_mask: torch.Te
         i = int(torch.nonzero(bad)[0, 0])
         raise OutcomeError(
             f"seq_ppo needs outcomes in [0, 1] (a success or a probability), got {outcomes[i].item():g} for "
-            f"response {i}. Make the reward function return 0 or 1 (verl's math/gsm8k scorers do)."
+            f"response {i}. Make the reward function return 0 or 1 (verl's gsm8k and MATH scorers do; its DAPO scorer, "
+            "for data_source math, math_dapo and aime*, returns -1/+1: map it to 0/1 in a custom reward function)."
         )
     return outcomes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
-from verl.trainer.ppo.v1 import get_trainer_cls
+from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils.config import validate_config
+from verl.workers.utils.losses import value_loss
 
-from sppo_rl.integrations.verl import SeqPPOTrainer, check_seq_ppo_config
+from sppo_rl.integrations.verl import SeqPPOTrainer, check_seq_ppo_config, seq_ppo_value_loss
 
 
 def test_recipe_composes_to_the_papers_settings(seq_ppo_config: DictConfig) -> None:
@@ -76,6 +78,28 @@ def test_config_that_cannot_run_sppo_is_refused(seq_ppo_config: DictConfig, over
         check_seq_ppo_config(cfg)
     with pytest.raises(ValueError, match=message):
         SeqPPOTrainer(cfg)
+
+
+def test_setup_installs_the_bce_loss_on_the_critic_after_verls_own(
+    seq_ppo_config: DictConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = []
+
+    class CriticGroup:
+        def set_loss_fn(self, loss_fn: object) -> None:
+            installed.append(loss_fn)
+
+    def verls_setup(self: PPOTrainerSync) -> None:  # stands for verl's _setup, which starts GPU workers
+        self.critic_wg = CriticGroup()
+        self.critic_wg.set_loss_fn(value_loss)
+
+    monkeypatch.setattr(PPOTrainerSync, "_setup", verls_setup)
+    SeqPPOTrainer(seq_ppo_config.copy())._setup()
+
+    assert installed[0] is value_loss
+    assert installed[-1].func is seq_ppo_value_loss
+    # it travels to the critic workers by reference (Ray pickles it)
+    assert pickle.loads(pickle.dumps(installed[-1])).func is seq_ppo_value_loss
 
 
 def _nested(rows: list[list[float]]) -> torch.Tensor:
