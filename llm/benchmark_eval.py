@@ -252,7 +252,15 @@ def evaluate_math_benchmarks(
         header = {"title": bench.title, "dataset": bench.dataset_id, "split": bench.split}
         sampling = {"temperature": gen.temperature, "max_new_tokens": gen.max_new_tokens, "top_p": gen.top_p}
         results[bench.name] = {**header, **sampling, **result}
-    return {"benchmarks": results, "mean": _mean(results), "settings": {"template": template, "seed": seed}}
+    verifier = rewards.verifiers[0]
+    settings = {
+        "template": template,
+        "chat_template": trainer.config.chat_template,
+        "seed": seed,
+        "top_k": 0,
+        "reward": {"name": "boxed_math", "require_boxed": getattr(verifier, "require_boxed", True)},
+    }
+    return {"benchmarks": results, "mean": _mean(results), "settings": settings}
 
 
 def _mean(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
