@@ -142,7 +142,10 @@ def evaluate_trainer(
 
 def benchmark_rewards(trainer: SPPOTrainer) -> RewardRunner:
     """The training reward ``boxed_math`` on the benchmarks' ``answer`` column, built as training builds it (the
-    run's ``boxed_math`` options and timeout when its reward is ``boxed_math``)."""
+    run's ``boxed_math`` options and timeout when its reward is ``boxed_math``).
+
+    :param trainer: the trainer whose run config gives the reward options
+    """
     spec = trainer.run_config.reward if trainer.run_config is not None else RewardSpec()
     options = dict(spec.options) if spec.name in ("boxed_math", "math") else {}
     options["answer_column"] = "answer"
@@ -276,7 +279,10 @@ def _mean(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def format_benchmark_table(report: dict[str, Any]) -> str:
     """A plain-text table of :func:`evaluate_math_benchmarks`' report: a row per benchmark (metrics in percent,
-    response length in tokens) and, for several benchmarks, their mean."""
+    response length in tokens) and, for several benchmarks, their mean.
+
+    :param report: the report (or its JSON, read back)
+    """
     head = ["benchmark", "dataset", "problems", "k", "n", *[f"{m}@k %" for m in METRICS], "mean tokens", "truncated %"]
     rows = []
     for name, r in report["benchmarks"].items():

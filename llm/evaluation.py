@@ -32,7 +32,10 @@ METRICS = ("avg", "pass", "maj")
 
 
 def default_answers_equal(rewards: RewardRunner) -> AnswersEqual:
-    """How the majority vote groups answers: math-verify equality for a boxed-math verifier, else equal strings."""
+    """How the majority vote groups answers: math-verify equality for a boxed-math verifier, else equal strings.
+
+    :param rewards: the reward runner (its first verifier decides)
+    """
     first = rewards.verifiers[0]
     if isinstance(first, BoxedMathVerifier):
         return math_answers_equal(first.timeout_s)
@@ -40,7 +43,11 @@ def default_answers_equal(rewards: RewardRunner) -> AnswersEqual:
 
 
 def spelled_metrics(values: dict[str, float], k: int) -> dict[str, float]:
-    """``{"avg": a, "pass": p, "maj": m}`` as ``{"avg@<k>": a, "pass@<k>": p, "maj@<k>": m}``."""
+    """``{"avg": a, "pass": p, "maj": m}`` as ``{"avg@<k>": a, "pass@<k>": p, "maj@<k>": m}``.
+
+    :param values: the three metrics
+    :param k: their k
+    """
     return {f"{name}@{k}": values[name] for name in METRICS}
 
 

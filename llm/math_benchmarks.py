@@ -106,7 +106,10 @@ class MathBenchmark:
     renamed: tuple[tuple[str, str], ...] = ()
 
     def question(self, row: Mapping[str, Any]) -> str:
-        """The problem statement of a raw dataset row (DAPO's instruction removed)."""
+        """The problem statement of a raw dataset row (DAPO's instruction removed).
+
+        :param row: a row as the dataset gives it
+        """
         text = str(_field(row, self.question_column, self))
         if self.question_prefix and text.startswith(self.question_prefix):
             text = text[len(self.question_prefix) :]
@@ -115,7 +118,10 @@ class MathBenchmark:
         return text.strip()
 
     def answer(self, row: Mapping[str, Any]) -> str:
-        """The normalised reference answer of a raw dataset row."""
+        """The normalised reference answer of a raw dataset row.
+
+        :param row: a row as the dataset gives it
+        """
         return normalize_answer(_field(row, self.answer_column, self), self.answer_format)
 
 
@@ -179,6 +185,7 @@ _ALIASES = {
 def get_benchmark(name: str | MathBenchmark) -> MathBenchmark:
     """The registry entry of ``name`` (a few spellings are accepted: ``math`` for ``math500``, ...).
 
+    :param name: a registry name, or an entry (returned as it is)
     :raises ValueError: an unknown name, listing the known ones
     """
     if isinstance(name, MathBenchmark):
@@ -193,6 +200,7 @@ def get_benchmark(name: str | MathBenchmark) -> MathBenchmark:
 def resolve_benchmarks(spec: str | Sequence[str]) -> list[MathBenchmark]:
     """Benchmarks from ``"paper"``, a comma-separated list (``"aime24,amc23"``) or a list of names.
 
+    :param spec: the selection; duplicates are dropped, the order is kept
     :raises ValueError: an unknown or empty selection
     """
     names = [s for part in ([spec] if isinstance(spec, str) else spec) for s in part.split(",")]
@@ -332,7 +340,10 @@ def load_benchmark_rows(
 
 
 def is_benchmark_source(source: Any) -> bool:
-    """Whether a data source names a registered dataset: ``"benchmark:<name>"`` or ``{"benchmark": <name>, ...}``."""
+    """Whether a data source names a registered dataset: ``"benchmark:<name>"`` or ``{"benchmark": <name>, ...}``.
+
+    :param source: a data source of :func:`~sppo_rl.llm.data.load_rows`
+    """
     if isinstance(source, str):
         return source.startswith("benchmark:")
     return isinstance(source, Mapping) and "benchmark" in source
