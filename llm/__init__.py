@@ -38,6 +38,7 @@ from .rewards import (
 from .sequences import PromptTooLongError
 
 if TYPE_CHECKING:
+    from .benchmark_eval import evaluate_math_benchmarks
     from .critic import LMCritic, load_critic, make_shared_critic
     from .env import PromptEnv
     from .evaluation import evaluate_policy
@@ -53,6 +54,7 @@ _LAZY = {
     "load_critic": ".critic",
     "make_shared_critic": ".critic",
     "evaluate_policy": ".evaluation",
+    "evaluate_math_benchmarks": ".benchmark_eval",
     "build_trainer": ".trainer",
 }
 
@@ -84,6 +86,7 @@ __all__ = [
     "Verifier",
     "VerifierResult",
     "build_trainer",
+    "evaluate_math_benchmarks",
     "evaluate_policy",
     "load_critic",
     "load_policy",

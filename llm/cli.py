@@ -4,6 +4,7 @@
 
     sppo-llm train examples/llm/tiny_cpu.yml [--set trainer.learning_rate=3e-3 ...] [--resume DIR|auto]
     sppo-llm eval  examples/llm/tiny_cpu.yml --checkpoint runs/tiny_cpu/final [--k 8] [--data FILE]
+    sppo-llm eval  CONFIG --checkpoint CKPT --benchmark paper|aime24,amc23,... [--k 16] [--benchmark-dir DIR]
     sppo-llm make-tiny --out models/tiny [--vocab-size 64] [--model-type qwen2|llama]
     sppo-llm export examples/llm/tiny_cpu.yml --checkpoint runs/tiny_cpu/final --out models/tiny-trained
 
@@ -107,25 +108,55 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from .benchmark_eval import evaluate_trainer, prepare_benchmarks
     from .config import DataSpec
     from .loading import build_dataset
     from .trainer import build_trainer
 
+    if args.benchmark and args.data:
+        raise SystemExit("--benchmark and --data are exclusive")
     cfg = _load_config(args)
+    prepared = prepare_benchmarks(args.benchmark, args.benchmark_dir) if args.benchmark else None
     trainer = build_trainer(cfg, checkpoint=args.checkpoint, verbose=0)
     if args.checkpoint:
         trainer.load_checkpoint(args.checkpoint)
+    options = {
+        "k": args.k,
+        "n": args.n,
+        "temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+        "max_prompts": args.max_prompts,
+        "group_by": args.group_by,
+    }
+    if prepared is not None:
+        return _eval_benchmarks(args, cfg.output_dir, trainer, prepared, options)
     data = trainer.eval_dataset or trainer.dataset
     if args.data:
         base = cfg.eval_data or cfg.data
         data = build_dataset(DataSpec(**{**base.__dict__, "source": args.data}), "eval")
-    result = trainer.evaluate(data, k=args.k, max_prompts=args.max_prompts)
+    result = evaluate_trainer(trainer, data, **options)
     result = {k: v for k, v in result.items() if k != "per_prompt"}
     result["checkpoint"] = args.checkpoint
     print(json.dumps(result, indent=2), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
+    return 0
+
+
+def _eval_benchmarks(
+    args: argparse.Namespace, output_dir: str, trainer: Any, prepared: Any, options: dict[str, Any]
+) -> int:
+    from .benchmark_eval import evaluate_math_benchmarks, format_benchmark_table
+
+    report = evaluate_math_benchmarks(trainer, prepared, **options)
+    report["checkpoint"] = args.checkpoint
+    out = args.out or os.path.join(output_dir, "benchmarks.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    print(format_benchmark_table(report), flush=True)
+    print(f"Results (JSON): {out}", flush=True)
     return 0
 
 
@@ -172,15 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no stdout logging")
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint: accuracy avg@k on held-out prompts")
+    ev = sub.add_parser(
+        "eval", help="evaluate a checkpoint: avg@k, pass@k, maj@k on held-out prompts or the paper's math benchmarks"
+    )
     ev.add_argument("config", help="YAML run config")
     ev.add_argument("--checkpoint", help="checkpoint folder (default: the untrained policy)")
     ev.add_argument("--data", help="prompt file to evaluate on (default: eval_data, else data)")
-    ev.add_argument("--k", type=int, default=None, help="samples per prompt (default: eval.k)")
-    ev.add_argument("--max-prompts", type=int, default=None)
+    ev.add_argument(
+        "--benchmark",
+        help="math benchmarks instead of the run's data: 'paper' (AIME24, AIME25, AMC23, MATH-500, Minerva at the "
+        "paper's settings) or names, comma-separated (aime24,aime25,amc23,math500,minerva); see docs/evaluation.md",
+    )
+    ev.add_argument(
+        "--benchmark-dir", help="folder with local copies of the benchmark datasets (offline); default: the Hub"
+    )
+    ev.add_argument("--k", type=int, default=None, help="the k of avg@k/pass@k/maj@k (default: eval.k; benchmarks: 16)")
+    ev.add_argument("--n", type=int, default=None, help="samples per prompt, >= k (default: k)")
+    ev.add_argument("--temperature", type=float, default=None, help="sampling temperature (benchmarks: 0.6)")
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="response length limit (benchmarks: 8192)")
+    ev.add_argument("--group-by", action="append", metavar="COLUMN", help="break the metrics down by a column")
+    ev.add_argument("--max-prompts", type=int, default=None, help="the first prompts (of each benchmark) only")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE")
     ev.add_argument("--output-dir", help="override output_dir")
-    ev.add_argument("--out", help="write the result JSON here")
+    ev.add_argument("--out", help="write the result JSON here (benchmarks: default OUTPUT_DIR/benchmarks.json)")
     ev.set_defaults(func=_eval)
 
     export = sub.add_parser(

@@ -7,7 +7,8 @@ dataset in seeded, reshuffled epochs and can save and restore its position (for 
 
 Everything here is offline: local files go through ``datasets.load_dataset("json" | "parquet" | "csv",
 data_files=...)``, procedural tasks are generated in-process by ``reasoning_gym.create_dataset``. Nothing is
-downloaded.
+downloaded, except a registered math dataset named as ``"benchmark:<name>"`` (:mod:`sppo_rl.llm.math_benchmarks`),
+which ``datasets`` loads from the Hugging Face Hub unless a local copy is given.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .math_benchmarks import benchmark_source_rows, is_benchmark_source
 
 __all__ = [
     "TOY_TASKS",
@@ -175,6 +178,9 @@ def load_rows(source: Any, split: str = "train", **options: Any) -> list[Row]:
         - ``"reasoning_gym:<task>"`` (with ``size``, ``seed`` and task options in ``options``), or a dict
           ``{"reasoning_gym": "<task>", "size": ..., "seed": ..., "config": {...}}``;
         - ``"toy:<task>"`` or ``{"toy": "<task>", "size": ..., "seed": ...}`` (see :func:`make_toy_rows`);
+        - ``"benchmark:<name>"`` or ``{"benchmark": "<name>", "benchmark_dir": ..., "max_rows": ...}``: a dataset of
+          :data:`~sppo_rl.llm.math_benchmarks.BENCHMARKS` (``deepscaler``, ``dapo17k``, ``math500``, ...) as
+          ``question``/``answer`` rows (see :func:`~sppo_rl.llm.math_benchmarks.load_benchmark_rows`);
         - a ``datasets.Dataset`` or a list of dicts.
     :param split: the split to read from a file (``datasets`` calls a single file ``"train"``)
     :param options: ``size`` / ``seed`` / task options for generated sources; ignored for files
@@ -184,7 +190,9 @@ def load_rows(source: Any, split: str = "train", **options: Any) -> list[Row]:
     :raises EmptyDatasetError: a source with no rows
     """
     rows: list[Row]
-    if isinstance(source, Mapping) and ("reasoning_gym" in source or "toy" in source):
+    if is_benchmark_source(source):
+        rows = benchmark_source_rows(source)
+    elif isinstance(source, Mapping) and ("reasoning_gym" in source or "toy" in source):
         spec = dict(source)
         kind = "reasoning_gym" if "reasoning_gym" in spec else "toy"
         task = spec.pop(kind)
