@@ -13,8 +13,9 @@ before anything is generated, so a missing one fails at once), become prompts wi
 sampled by the trainer's generation engine at the benchmark's settings (the paper's temperature 0.6 and 8192
 response tokens unless overridden; top-p 1, top-k off) and scored by :func:`~sppo_rl.llm.evaluation.evaluate_policy`
 with the training reward ``boxed_math`` built by :func:`~sppo_rl.llm.loading.build_rewards` (math-verify; the run's
-own ``boxed_math`` options when it has them). :func:`evaluate_trainer` is the same with the run's own data and
-reward (what ``sppo-llm eval`` without ``--benchmark`` runs).
+own ``boxed_math`` options when it has them), through :meth:`SPPOTrainer.evaluate
+<sppo_rl.llm.trainer.SPPOTrainer.evaluate>` (what ``sppo-llm eval`` without ``--benchmark`` runs on the run's own
+data and reward), so the evaluation is sharded over the ranks of a multi-process run.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .config import GenerationSettings, RewardSpec
-from .data import PromptDataset, load_prompt_dataset
-from .evaluation import METRICS, evaluate_policy
-from .generation import GenerationEngine
+from .config import RewardSpec
+from .data import PromptDataset
+from .evaluation import METRICS
 from .loading import build_rewards
 from .math_benchmarks import PAPER_TEMPLATE, MathBenchmark, load_benchmark_rows, resolve_benchmarks
 from .rewards import RewardRunner
@@ -39,7 +39,6 @@ __all__ = [
     "PreparedBenchmark",
     "benchmark_rewards",
     "evaluate_math_benchmarks",
-    "evaluate_trainer",
     "format_benchmark_table",
     "prepare_benchmarks",
 ]
@@ -50,94 +49,6 @@ class PreparedBenchmark(NamedTuple):
 
     benchmark: MathBenchmark
     dataset: PromptDataset
-
-
-def _eval_defaults(trainer: SPPOTrainer) -> dict[str, Any]:
-    ev = trainer.run_config.eval if trainer.run_config is not None else None
-    gen = trainer.config.generation
-    return {
-        "k": ev.k if ev else 4,
-        "temperature": ev.temperature if ev and ev.temperature else gen.temperature,
-        "max_new_tokens": ev.max_new_tokens if ev and ev.max_new_tokens else gen.max_new_tokens,
-        "max_prompts": ev.max_prompts if ev else None,
-        "batch_size": ev.batch_size if ev else 64,
-        "seed": ev.seed if ev else 1234,
-    }
-
-
-def _run(
-    trainer: SPPOTrainer,
-    dataset: PromptDataset,
-    rewards: RewardRunner,
-    generation: GenerationSettings,
-    engine: GenerationEngine | None,
-    **options: Any,
-) -> dict[str, Any]:
-    cfg = trainer.config
-    return evaluate_policy(
-        trainer.policy,
-        dataset,
-        rewards,
-        generation=generation,
-        max_prompt_length=cfg.max_prompt_length,
-        prompt_truncation=cfg.prompt_truncation,
-        chat_template=cfg.chat_template,
-        engine=engine if engine is not None else trainer.engine,
-        **options,
-    )
-
-
-def evaluate_trainer(
-    trainer: SPPOTrainer,
-    dataset: Any = None,
-    k: int | None = None,
-    n: int | None = None,
-    temperature: float | None = None,
-    max_new_tokens: int | None = None,
-    max_prompts: int | None = None,
-    batch_size: int | None = None,
-    seed: int | None = None,
-    group_by: str | Sequence[str] | None = None,
-    rewards: RewardRunner | None = None,
-) -> dict[str, Any]:
-    """:meth:`SPPOTrainer.evaluate <sppo_rl.llm.trainer.SPPOTrainer.evaluate>` (same defaults, same numbers) with
-    the options of :func:`~sppo_rl.llm.evaluation.evaluate_policy` that it does not expose.
-
-    :param trainer: the trainer (its policy, engine, reward and run config)
-    :param dataset: prompts (any source of :func:`~sppo_rl.llm.data.load_prompt_dataset`); default: its eval data
-    :param k: the k of the metrics (default ``eval.k``)
-    :param n: samples per prompt (``>= k``; default ``k``)
-    :param temperature: default ``eval.temperature``, else the training temperature
-    :param max_new_tokens: default ``eval.max_new_tokens``, else the training limit
-    :param max_prompts: default ``eval.max_prompts``
-    :param batch_size: prompts per batch (default ``eval.batch_size``)
-    :param seed: sampling seed (default ``eval.seed``)
-    :param group_by: dataset column(s) to break the metrics down by
-    :param rewards: the verifier (default: the trainer's)
-    :raises ValueError: no data
-    """
-    data = load_prompt_dataset(dataset) if dataset is not None else trainer.eval_dataset
-    if data is None:
-        raise ValueError("No evaluation data: pass a dataset or eval_data=... to the trainer")
-    d = _eval_defaults(trainer)
-    gen = replace(
-        trainer.config.generation,
-        temperature=temperature or d["temperature"],
-        max_new_tokens=max_new_tokens or d["max_new_tokens"],
-    )
-    return _run(
-        trainer,
-        data,
-        rewards if rewards is not None else trainer.rewards,
-        gen,
-        None,
-        k=k or d["k"],
-        n=n,
-        max_prompts=max_prompts or d["max_prompts"],
-        batch_size=batch_size or d["batch_size"],
-        seed=seed if seed is not None else d["seed"],
-        group_by=group_by,
-    )
 
 
 def benchmark_rewards(trainer: SPPOTrainer) -> RewardRunner:
@@ -195,7 +106,6 @@ def evaluate_math_benchmarks(
     seed: int | None = None,
     group_by: str | Sequence[str] | None = None,
     template: str = PAPER_TEMPLATE,
-    engine: GenerationEngine | None = None,
 ) -> dict[str, Any]:
     """Evaluate the trainer's policy on registered math benchmarks at their (the paper's) settings.
 
@@ -214,7 +124,6 @@ def evaluate_math_benchmarks(
     :param group_by: dataset column(s) to break the metrics down by, where a benchmark has them (``level``,
         ``subject`` of MATH-500)
     :param template: the prompt template
-    :param engine: the generation engine (default: the trainer's)
     :return: ``{"benchmarks": {name: {"title", "dataset", "split", "temperature", "max_new_tokens", "top_p",
         "avg@<k>", "pass@<k>", "maj@<k>", "n_prompts", "response_length_mean", "truncation_rate", ...}},
         "mean": {metric: mean over the benchmarks, "n_benchmarks"}, "settings": {...}}``
@@ -226,8 +135,8 @@ def evaluate_math_benchmarks(
         if not any(column in p.dataset.rows[0] for p in prepared):
             raise KeyError(f"group_by: no benchmark has a column {column!r}")
     rewards = benchmark_rewards(trainer)
-    d = _eval_defaults(trainer)
-    seed = seed if seed is not None else d["seed"]
+    ev = trainer.run_config.eval if trainer.run_config is not None else None
+    seed = seed if seed is not None else (ev.seed if ev else 1234)
     results: dict[str, dict[str, Any]] = {}
     for bench, dataset in prepared:
         gen = replace(
@@ -238,18 +147,16 @@ def evaluate_math_benchmarks(
             top_k=0,
             suppress_eos=False,
         )
-        result = _run(
-            trainer,
+        result = trainer.evaluate(
             dataset,
-            rewards,
-            gen,
-            engine,
             k=k or bench.k,
             n=n,
             max_prompts=max_prompts,
-            batch_size=batch_size or d["batch_size"],
+            batch_size=batch_size,
             seed=seed,
             group_by=[c for c in columns if c in dataset.rows[0]] or None,
+            rewards=rewards,
+            generation=gen,
         )
         result.pop("per_prompt")
         header = {"title": bench.title, "dataset": bench.dataset_id, "split": bench.split}

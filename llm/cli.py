@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .benchmark_eval import evaluate_trainer, prepare_benchmarks
+    from .benchmark_eval import prepare_benchmarks
     from .config import DataSpec
     from .loading import build_dataset
     from .trainer import build_trainer
@@ -134,7 +134,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data:
         base = cfg.eval_data or cfg.data
         data = build_dataset(DataSpec(**{**base.__dict__, "source": args.data}), "eval")
-    result = evaluate_trainer(trainer, data, **options)
+    result = trainer.evaluate(data, **options)
     result = {k: v for k, v in result.items() if k != "per_prompt"}
     result["checkpoint"] = args.checkpoint
     print(json.dumps(result, indent=2), flush=True)

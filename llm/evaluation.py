@@ -20,6 +20,7 @@ import torch
 
 from .config import GenerationSettings
 from .data import PromptDataset, has_chat_template, render_messages
+from .distributed import Distributed
 from .eval_metrics import AnswersEqual, math_answers_equal, prompt_metrics, strings_equal
 from .generation import GenerationEngine, make_generation_engine
 from .models import PolicyModel
@@ -92,6 +93,7 @@ def evaluate_policy(
     n_samples: int = 4,
     n: int | None = None,
     answers_equal: AnswersEqual | None = None,
+    dist: Distributed | None = None,
 ) -> dict[str, Any]:
     """Sample ``n`` (default ``k``) responses per prompt, score them, and report avg@k, pass@k and maj@k.
 
@@ -116,6 +118,9 @@ def evaluate_policy(
     :param n: samples per prompt (``>= k``; default ``k``): pass@k is estimated without bias from all ``n``, avg@k
         averages all ``n``, maj@k votes over the first ``k``
     :param answers_equal: answer equality of the majority vote (default :func:`default_answers_equal`)
+    :param dist: several ranks: each evaluates a contiguous block of the prompts and the results are gathered
+        (every rank returns the whole result); each batch is sampled under a seed of ``seed`` and its first global
+        row, so the draws do not depend on which rank sampled them
     :return: ``{"avg@k", "pass@k", "maj@k", "avg@<k>", "pass@<k>", "maj@<k>" (k spelled, e.g. "avg@16"),
         "accuracy" (= avg@k), "reward_mean", "truncation_rate", "response_length_mean", "response_tokens",
         "n_prompts", "k", "n", "verifier_failures", "per_prompt" (avg@k of each prompt), "samples",
@@ -146,39 +151,46 @@ def evaluate_policy(
     lengths = 0.0
     failures = 0
     samples: list[dict[str, Any]] = []
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in range(0, n_prompts, batch_size):
-            idx = list(range(start, min(start + batch_size, n_prompts)))
-            texts = [render_messages(dataset.messages(i), policy.tokenizer, chat_template) for i in idx]
-            enc = encode_prompts(
-                policy.tokenizer,
-                texts,
-                max_prompt_length,
-                prompt_truncation,
-                add_special_tokens=not use_chat,
-                device=device,
+    dist = dist or Distributed()
+    share = -(-n_prompts // dist.world_size)
+    first, last = min(dist.rank * share, n_prompts), min((dist.rank + 1) * share, n_prompts)
+    for start in range(first, last, batch_size):
+        idx = list(range(start, min(start + batch_size, last)))
+        texts = [render_messages(dataset.messages(i), policy.tokenizer, chat_template) for i in idx]
+        enc = encode_prompts(
+            policy.tokenizer,
+            texts,
+            max_prompt_length,
+            prompt_truncation,
+            add_special_tokens=not use_chat,
+            device=device,
+        )
+        rollout = engine.generate(enc.repeat_interleave(n), greedy=greedy, settings=gen, seed=seed, first_row=start * n)
+        rows = [dataset[i] for i in idx for _ in range(n)]
+        scored = rewards.score([t for t in texts for _ in range(n)], rollout.texts, rows)
+        for j in range(len(idx)):
+            block = slice(j * n, (j + 1) * n)
+            per_prompt.append(prompt_metrics(scored.success[block], scored.parsed[block], k, equal))
+        rewards_all.extend(scored.rewards)
+        truncated += float(rollout.truncated.float().sum())
+        lengths += float(rollout.response_lengths.float().sum())
+        failures += scored.stats.failures
+        for j in range(min(n_samples - len(samples), len(idx))):
+            samples.append(
+                {
+                    "prompt": texts[j],
+                    "response": rollout.texts[j * n],
+                    "reward": scored.rewards[j * n],
+                    "parsed": scored.parsed[j * n],
+                }
             )
-            rollout = engine.generate(enc.repeat_interleave(n), greedy=greedy, settings=gen)
-            rows = [dataset[i] for i in idx for _ in range(n)]
-            scored = rewards.score([t for t in texts for _ in range(n)], rollout.texts, rows)
-            for j in range(len(idx)):
-                block = slice(j * n, (j + 1) * n)
-                per_prompt.append(prompt_metrics(scored.success[block], scored.parsed[block], k, equal))
-            rewards_all.extend(scored.rewards)
-            truncated += float(rollout.truncated.float().sum())
-            lengths += float(rollout.response_lengths.float().sum())
-            failures += scored.stats.failures
-            for j in range(min(n_samples - len(samples), len(idx))):
-                samples.append(
-                    {
-                        "prompt": texts[j],
-                        "response": rollout.texts[j * n],
-                        "reward": scored.rewards[j * n],
-                        "parsed": scored.parsed[j * n],
-                    }
-                )
+    if dist.active:
+        per_prompt = dist.gather_objects(per_prompt)
+        rewards_all = dist.gather_objects(rewards_all)
+        samples = dist.gather_objects(samples)[:n_samples]
+        parts = dist.gather_objects([(truncated, lengths, failures)])
+        truncated, lengths = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        failures = int(sum(p[2] for p in parts))
     total = max(len(rewards_all), 1)
     count = max(len(per_prompt), 1)
     means = {m: sum(p[m] for p in per_prompt) / count for m in METRICS}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -499,25 +500,42 @@ class SPPOTrainer:
         max_prompts: int | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
+        n: int | None = None,
+        group_by: str | Sequence[str] | None = None,
+        rewards: RewardRunner | None = None,
+        generation: GenerationSettings | None = None,
     ) -> dict[str, Any]:
-        """Accuracy avg@k on held-out prompts (see :func:`~sppo_rl.llm.evaluation.evaluate_policy`), sampled by
-        the trainer's engine. Defaults come from ``run_config.eval`` when the trainer was built from a run config.
+        """avg@k, pass@k and maj@k on held-out prompts (see :func:`~sppo_rl.llm.evaluation.evaluate_policy`),
+        sampled by the trainer's engine and sharded over the ranks. Defaults come from ``run_config.eval`` when the
+        trainer was built from a run config.
+
+        :param dataset: prompts (any source of :func:`~sppo_rl.llm.data.load_prompt_dataset`); default: the eval data
+        :param k: the k of the metrics (default ``eval.k``, else 4)
+        :param temperature: default ``eval.temperature``, else the training temperature
+        :param max_new_tokens: default ``eval.max_new_tokens``, else the training limit
+        :param max_prompts: evaluate the first prompts only (default ``eval.max_prompts``)
+        :param batch_size: prompts per batch (default ``eval.batch_size``, else 64)
+        :param seed: sampling seed (default ``eval.seed``, else 1234)
+        :param n: samples per prompt (``>= k``; default ``k``)
+        :param group_by: dataset column(s) to break the metrics down by
+        :param rewards: the verifier (default: the trainer's)
+        :param generation: sampling settings replacing the training ones (then ``temperature`` and
+            ``max_new_tokens`` apply on top of them)
         """
         data = load_prompt_dataset(dataset) if dataset is not None else self.eval_dataset
         if data is None:
             raise ValueError("No evaluation data: pass a dataset or eval_data=... to the trainer")
         ev = self.run_config.eval if self.run_config is not None else None
-        train_gen = self.config.generation
+        base = generation or self.config.generation
         gen = replace(
-            train_gen,
-            temperature=temperature or (ev.temperature if ev and ev.temperature else train_gen.temperature),
-            max_new_tokens=max_new_tokens
-            or (ev.max_new_tokens if ev and ev.max_new_tokens else train_gen.max_new_tokens),
+            base,
+            temperature=temperature or (ev.temperature if ev and ev.temperature else base.temperature),
+            max_new_tokens=max_new_tokens or (ev.max_new_tokens if ev and ev.max_new_tokens else base.max_new_tokens),
         )
         return evaluate_policy(
             self.policy,
             data,
-            self.rewards,
+            rewards if rewards is not None else self.rewards,
             k=k or (ev.k if ev else 4),
             generation=gen,
             max_prompt_length=self.config.max_prompt_length,
@@ -527,6 +545,9 @@ class SPPOTrainer:
             batch_size=batch_size or (ev.batch_size if ev else 64),
             seed=seed if seed is not None else (ev.seed if ev else 1234),
             engine=self.engine,
+            n=n,
+            group_by=group_by,
+            dist=self.dist,
         )
 
     def save(self, path: str) -> str:

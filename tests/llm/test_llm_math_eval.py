@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from sppo_rl.llm.benchmark_eval import benchmark_rewards, evaluate_math_benchmarks, evaluate_trainer
+from sppo_rl.llm.benchmark_eval import benchmark_rewards, evaluate_math_benchmarks
 from sppo_rl.llm.cli import main
 from sppo_rl.llm.config import DataSpec, RunConfig
 from sppo_rl.llm.data import PromptDataset, load_rows
@@ -89,7 +89,7 @@ class ScriptedEngine:
         self.texts, self.lengths, self.truncated = texts, lengths, truncated
         self.calls = 0
 
-    def generate(self, prompts: EncodedPrompts, greedy: bool = False, settings: Any = None) -> Rollout:
+    def generate(self, prompts: EncodedPrompts, greedy: bool = False, settings: Any = None, **seeding: Any) -> Rollout:
         b = prompts.input_ids.shape[0]
         part = slice(self.calls, self.calls + b)
         self.calls += b
@@ -285,8 +285,8 @@ def test_benchmark_reward_is_the_training_reward(tiny_trainer: Any) -> None:
     assert runner.timeout_s == tiny_trainer.run_config.reward.timeout_s
 
 
-def test_evaluate_trainer_equals_trainer_evaluate(tiny_trainer: Any, copy_rows: Any) -> None:
-    mine = evaluate_trainer(tiny_trainer, copy_rows[:6], k=2)
+def test_trainer_evaluate_spells_k_and_is_seeded(tiny_trainer: Any, copy_rows: Any) -> None:
+    mine = tiny_trainer.evaluate(copy_rows[:6], k=2)
     assert mine == tiny_trainer.evaluate(copy_rows[:6], k=2)
     assert mine["avg@2"] == mine["avg@k"] and "maj@2" in mine and mine["n"] == 2
 
