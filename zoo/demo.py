@@ -1,7 +1,8 @@
 """The main job of the README: the paper's control protocol, end to end, on Precision CartPole.
 
-``python -m sppo_rl.demo`` runs the three stages of :mod:`sppo_rl.zoo.protocol` on ``SparsePrecisionCartPole-v0``
-(reward 0 at every step; outcome 1 only if the pole is within 0.5 degrees of upright after 200 steps):
+``make demo`` (``python -m sppo_rl.zoo.demo``) runs the three stages of :mod:`sppo_rl.zoo.protocol` on
+``SparsePrecisionCartPole-v0`` (reward 0 at every step; outcome 1 only if the pole is within 0.5 degrees of upright
+after 200 steps):
 
 1. an expert (SB3 PPO) trained on the dense counterpart (cached under ``~/.cache/sppo-rl/experts``);
 2. behaviour cloning of its successful episodes into the actor, giving a start policy that succeeds sometimes;
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-from sppo_rl.zoo import protocol
-from sppo_rl.zoo.control_suite import DEFAULT_EXPERT_CACHE, prepare_start_policy
+from . import protocol
+from .control_suite import DEFAULT_EXPERT_CACHE, prepare_start_policy
 
 
 class ProgressPrinter(BaseCallback):
