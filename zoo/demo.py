@@ -20,9 +20,12 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+from sppo_rl import SPPO
 
 from . import protocol
 from .control_suite import DEFAULT_EXPERT_CACHE, prepare_start_policy
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
     eval_env = protocol.make_rl_env(config, seed=123_456)  # the same held-out episodes before and after
     train_env = protocol.make_rl_env(config, seed=args.seed)
-    model = protocol.build_rl_model("sppo", config, train_env, seed=args.seed)
+    model = cast(SPPO, protocol.build_rl_model("sppo", config, train_env, seed=args.seed))
     protocol.load_actor(model, actor)
     before = protocol.evaluate_success(model.policy, eval_env, args.eval_episodes)
     print(f"Start policy: success rate {before:.2f} on {args.eval_episodes} held-out episodes (stochastic actions)")
