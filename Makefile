@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m sppo_rl.demo
+	$(PY) -m sppo_rl.zoo.demo
 
 test: venv
 	$(PY) -m pytest -m "not slow" -q

@@ -19,21 +19,14 @@ import json
 import shutil
 from pathlib import Path
 
+from sppo_rl.envs import paper_ids
 from sppo_rl.zoo.control_suite import SuiteSettings, format_table, run_suite
-
-TASKS = (
-    "SparsePrecisionCartPole-v0",
-    "SparseMountainCar-v0",
-    "SparseHopper-v0",
-    "SparseLunarLander-v0",
-    "SparsePendulum-v0",
-)
 
 
 def main() -> None:
     """Run the selected tasks (or only report on finished runs) and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=paper_ids(), help="sparse ids (default: the paper's five)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--algos", nargs="+", default=["sppo", "ppo", "ppo-sb3"])
     parser.add_argument("--jobs", type=int, default=2)

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import stable_baselines3
 import torch
+from sppo_rl.envs.toy import LineTargetEnv
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 import sppo_rl
 from sppo_rl import SPPO
-from sppo_rl.toy_envs import LineTargetEnv
 
 
 class RolloutTimer(BaseCallback):

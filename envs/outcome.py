@@ -77,8 +77,9 @@ class FinalStep(Generic[ObsType]):
 class SuccessRule(Protocol):
     """A verifier: maps the last step of an episode to success (``True``) or failure (``False``).
 
-    Any callable with this signature works; the rules of the suite (:mod:`sppo_rl.envs.rules`) are frozen
-    dataclasses with a human-readable :attr:`description` as well.
+    Any callable with this signature works; the rules of the suite (one in each task module, e.g.
+    :class:`~sppo_rl.envs.pendulum.PendulumUpright`) are frozen dataclasses with a human-readable
+    :attr:`description` as well.
     """
 
     def __call__(self, final: FinalStep[Any], /) -> bool:

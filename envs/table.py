@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import gymnasium
 from gymnasium import spaces
 
-from .suite import SUITE, TaskSpec
+from .suite import SUITE
+from .task import TaskSpec
 
 
 def space_text(space: gymnasium.Space[object]) -> str:
@@ -70,7 +71,7 @@ def _spaces(task: TaskSpec) -> tuple[str, str]:
 
 
 def suite_table_markdown() -> str:
-    """The table of tasks of ``docs/envs.md``: ids, horizon, success rule, spaces, the paper's budget.
+    """The table of tasks of ``docs/envs.md``: ids, horizon, success rule, spaces, the paper's task and budget.
 
     Builds each env once to read its spaces.
 
@@ -83,13 +84,17 @@ def suite_table_markdown() -> str:
         "success (outcome = 1)",
         "observation",
         "action",
+        "in the paper",
         "paper: episodes / batch",
     )
     rows = []
     for task in SUITE.values():
         observation, action = _spaces(task)
+        in_paper = "yes" if task.paper else "no (ours)"
         budget = f"{task.paper_episode_budget:,} / {task.paper_batch_episodes}"
-        rows.append((f"`{task.id}`", f"`{task.dense_id}`", task.horizon, task.success, observation, action, budget))
+        rows.append(
+            (f"`{task.id}`", f"`{task.dense_id}`", task.horizon, task.success, observation, action, in_paper, budget)
+        )
     return markdown_table(header, rows)
 
 

@@ -5,5 +5,6 @@
 :mod:`~sppo_rl.zoo.evaluate`, :mod:`~sppo_rl.zoo.tune`, :mod:`~sppo_rl.zoo.search_spaces`,
 :mod:`~sppo_rl.zoo.hyperparams` (the YAML files in ``hyperparams/``), :mod:`~sppo_rl.zoo.algos` (the algorithm
 registry), :mod:`~sppo_rl.zoo.environments`, :mod:`~sppo_rl.zoo.runs` (run folders), :mod:`~sppo_rl.zoo.storage`
-(Optuna storages), :mod:`~sppo_rl.zoo.plots`, :mod:`~sppo_rl.zoo.rl_zoo3_bridge`.
+(Optuna storages), :mod:`~sppo_rl.zoo.plots`, :mod:`~sppo_rl.zoo.rl_zoo3_bridge`, :mod:`~sppo_rl.zoo.demo`
+(``make demo``, the README's main job).
 """

@@ -3,7 +3,7 @@
 Importing the zoo's commands imports :mod:`sppo_rl.envs` (when it is installed) so the suite's ids
 (``SparsePendulum-v0``...) resolve, and registers the toy task as ``LineTarget-v0`` (and
 ``LineTargetContinuous-v0``). An id may also be ``module:Name`` where ``Name`` is a registered id
-(``sppo_rl.envs:SparseHopper-v0``) or an env class or constructor (``sppo_rl.toy_envs:LineTargetEnv``).
+(``sppo_rl.envs:SparseHopper-v0``) or an env class or constructor (``sppo_rl.envs.toy:LineTargetEnv``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ SUITE_PACKAGE = "sppo_rl.envs"
 """Imported (if present) so the control suite's ids resolve."""
 
 ZOO_ENV_IDS: dict[str, tuple[str, dict[str, Any]]] = {
-    "LineTarget-v0": ("sppo_rl.toy_envs:LineTargetEnv", {}),
-    "LineTargetContinuous-v0": ("sppo_rl.toy_envs:LineTargetEnv", {"continuous": True}),
+    "LineTarget-v0": ("sppo_rl.envs.toy:LineTargetEnv", {}),
+    "LineTargetContinuous-v0": ("sppo_rl.envs.toy:LineTargetEnv", {"continuous": True}),
 }
 """Ids the zoo registers itself: id -> (entry point, default kwargs)."""
 

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from sppo_rl.envs.toy import StartDeterminedOutcomeEnv
 from stable_baselines3.common.env_util import make_vec_env
 
 from sppo_rl import SPPO
-from sppo_rl.toy_envs import StartDeterminedOutcomeEnv
 
 LOGIT = 0.7
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from sppo_rl.envs.toy import LineTargetEnv, StartDeterminedOutcomeEnv
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -23,7 +24,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNorm
 
 from sppo_rl import SPPO, BernoulliValueHead, EpisodeLengthError, GaussianValueHead, OutcomeError, ValueHead
 from sppo_rl.policies import SPPOPolicy
-from sppo_rl.toy_envs import LineTargetEnv, StartDeterminedOutcomeEnv
 
 SMALL = dict(n_steps=32, batch_episodes=4, n_epochs=2, seed=0, policy_kwargs=dict(net_arch=[16]))
 

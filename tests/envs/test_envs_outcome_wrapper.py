@@ -22,7 +22,7 @@ from sppo_rl.envs import (
     Transition,
     find_outcome_wrapper,
 )
-from sppo_rl.envs.dense import mountain_car_energy
+from sppo_rl.envs.mountain_car import mountain_car_energy
 
 
 class CountingEnv(gymnasium.Env[np.ndarray, int]):

@@ -21,10 +21,13 @@ from sppo_rl.envs import (
     find_outcome_wrapper,
     get_task,
     is_dense,
+    paper_ids,
     register_suite,
     sparse_ids,
+    suite,
     suite_ids,
 )
+from sppo_rl.envs.suite import TASK_MODULES
 from sppo_rl.envs.table import markdown_table, space_text, suite_table_markdown
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -58,6 +61,34 @@ def test_suite_lists_the_paper_tasks_with_their_horizons_and_budgets() -> None:
     assert suite_ids() == sparse_ids() + dense_ids()
 
 
+def test_paper_flag_marks_the_papers_five_tasks() -> None:
+    assert paper_ids() == [
+        "SparsePrecisionCartPole-v0",
+        "SparseMountainCar-v0",
+        "SparseHopper-v0",
+        "SparseLunarLander-v0",
+        "SparsePendulum-v0",
+    ]
+    assert [task.id for task in SUITE.values() if not task.paper] == [
+        "SparseMountainCarContinuous-v0",
+        "SparseLunarLanderContinuous-v0",
+    ]
+
+
+def test_each_task_module_holds_its_rule_factory_and_specs() -> None:
+    assert [task for module in TASK_MODULES for task in module.TASKS] == list(SUITE.values())
+    for module in TASK_MODULES:
+        for task in module.TASKS:
+            assert task.factory.__module__ == module.__name__
+            assert type(task.success_rule).__module__ == module.__name__
+            assert task.entry_point.startswith(f"{module.__name__}:")
+
+
+def test_two_tasks_with_one_id_are_refused() -> None:
+    with pytest.raises(ValueError, match="'SparsePendulum-v0', which another task already has"):
+        suite._collect([*TASK_MODULES, TASK_MODULES[-1]])
+
+
 def test_every_suite_id_is_registered_with_the_factory_entry_point() -> None:
     for task in SUITE.values():
         for env_id, dense in ((task.id, False), (task.dense_id, True)):
@@ -83,7 +114,7 @@ def test_registration_refuses_an_id_taken_by_another_env(monkeypatch: pytest.Mon
         register_suite()
 
 
-@pytest.mark.parametrize("env_id", list(EXPECTED_IDS) + [f"Dense{env_id[6:]}" for env_id in EXPECTED_IDS])
+@pytest.mark.parametrize("env_id", suite_ids())
 def test_made_env_matches_its_suite_entry(env_id: str, needs_dynamics) -> None:
     needs_dynamics(env_id)
     task = get_task(env_id)

@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 import torch as th
 import yaml
-from sppo_rl.envs import get_task
+from sppo_rl.envs import get_task, paper_ids
 from sppo_rl.zoo import protocol
 from sppo_rl.zoo.control_suite import format_table, prepare_start_policy
 from sppo_rl.zoo.errors import ZooError
 
 CARTPOLE = "SparsePrecisionCartPole-v0"
-PAPER_TASKS = (
-    "SparsePrecisionCartPole-v0",
-    "SparseMountainCar-v0",
-    "SparseHopper-v0",
-    "SparseLunarLander-v0",
-    "SparsePendulum-v0",
-)
+PAPER_TASKS = paper_ids()
 
 
 def small_config(**rl: object) -> protocol.TaskConfig:

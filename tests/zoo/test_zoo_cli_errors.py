@@ -31,7 +31,7 @@ def test_unknown_env_id(zoo, command: str) -> None:
 
 def test_unknown_module_class_env(zoo) -> None:
     assert_one_line_error(
-        zoo(["train", "--algo", "sppo", "--env", "sppo_rl.toy_envs:Nope"]), "'sppo_rl.toy_envs'", "Nope"
+        zoo(["train", "--algo", "sppo", "--env", "sppo_rl.envs.toy:Nope"]), "'sppo_rl.envs.toy'", "Nope"
     )
     assert_one_line_error(zoo(["train", "--algo", "sppo", "--env", "no_such_mod_x:Env"]), "cannot import module")
 

@@ -92,11 +92,11 @@ def test_ppo_on_cartpole_with_a_gif_and_no_success_metric(zoo, tmp_path: Path) -
 
 
 def test_module_class_env_ids(zoo, fast_train, tmp_path: Path) -> None:
-    env = "sppo_rl.toy_envs:LineTargetEnv"
+    env = "sppo_rl.envs.toy:LineTargetEnv"
     result = zoo(["train", "--algo", "sppo", "--env", env, "-n", "100", "--eval-freq", "-1", *fast_train])
     assert result.code == 0, result.err  # no entry of its own: the `default` entry is used
-    run = tmp_path / "logs" / "sppo" / "sppo_rl.toy_envs-LineTargetEnv_1"
-    assert (run / "sppo_rl.toy_envs-LineTargetEnv.zip").is_file()
+    run = tmp_path / "logs" / "sppo" / "sppo_rl.envs.toy-LineTargetEnv_1"
+    assert (run / "sppo_rl.envs.toy-LineTargetEnv.zip").is_file()
     assert zoo(["eval", "--algo", "sppo", "--env", env, "-n", "2"]).code == 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sppo_rl.envs import dense_ids, sparse_ids
 from sppo_rl.zoo.algos import ALGOS, get_algo
 from sppo_rl.zoo.errors import ZooError
 from sppo_rl.zoo.hyperparams import (
@@ -142,15 +143,7 @@ def test_overrides_win_and_are_checked(tmp_path: Path) -> None:
         entry_for(SPPO, "LineTarget-v0", path, {"bogus": 1})
 
 
-SUITE_SPARSE = [
-    "SparsePrecisionCartPole-v0",
-    "SparseMountainCar-v0",
-    "SparseMountainCarContinuous-v0",
-    "SparseHopper-v0",
-    "SparseLunarLander-v0",
-    "SparseLunarLanderContinuous-v0",
-    "SparsePendulum-v0",
-]
+SUITE_SPARSE = sparse_ids()
 PAPER_EPISODES_PER_UPDATE = {"CartPole": 64, "LunarLander": 16, "Pendulum": 16, "MountainCar": 8, "Hopper": 8}
 
 
@@ -179,10 +172,8 @@ def test_entries_cover_cartpole_the_toy_task_and_the_suite(algo: str) -> None:
 
 
 def test_ppo_has_the_dense_counterparts() -> None:
-    import sppo_rl.envs
-
     data = load_yaml(PPO.hyperparams_file)
-    assert set(sppo_rl.envs.dense_ids()) <= set(data)
+    assert set(dense_ids()) <= set(data)
 
 
 def test_sppo_suite_entries_use_the_paper_batch_of_trajectories() -> None:

@@ -18,7 +18,7 @@ from gymnasium import spaces
 __all__ = ["LineTargetEnv", "StartDeterminedOutcomeEnv"]
 
 
-class LineTargetEnv(gym.Env[np.ndarray, np.int64]):
+class LineTargetEnv(gym.Env[np.ndarray, np.int64 | np.ndarray]):
     """Walk left/right/stay on cells ``0..size-1`` for exactly ``horizon`` steps; succeed if the final cell is
     the target.
 

@@ -1,7 +1,8 @@
 """The main job of the README: the paper's control protocol, end to end, on Precision CartPole.
 
-``python -m sppo_rl.demo`` runs the three stages of :mod:`sppo_rl.zoo.protocol` on ``SparsePrecisionCartPole-v0``
-(reward 0 at every step; outcome 1 only if the pole is within 0.5 degrees of upright after 200 steps):
+``make demo`` (``python -m sppo_rl.zoo.demo``) runs the three stages of :mod:`sppo_rl.zoo.protocol` on
+``SparsePrecisionCartPole-v0`` (reward 0 at every step; outcome 1 only if the pole is within 0.5 degrees of upright
+after 200 steps):
 
 1. an expert (SB3 PPO) trained on the dense counterpart (cached under ``~/.cache/sppo-rl/experts``);
 2. behaviour cloning of its successful episodes into the actor, giving a start policy that succeeds sometimes;
@@ -19,12 +20,15 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-from sppo_rl.zoo import protocol
-from sppo_rl.zoo.control_suite import DEFAULT_EXPERT_CACHE, prepare_start_policy
+from sppo_rl import SPPO
+
+from . import protocol
+from .control_suite import DEFAULT_EXPERT_CACHE, prepare_start_policy
 
 
 class ProgressPrinter(BaseCallback):
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
     eval_env = protocol.make_rl_env(config, seed=123_456)  # the same held-out episodes before and after
     train_env = protocol.make_rl_env(config, seed=args.seed)
-    model = protocol.build_rl_model("sppo", config, train_env, seed=args.seed)
+    model = cast(SPPO, protocol.build_rl_model("sppo", config, train_env, seed=args.seed))
     protocol.load_actor(model, actor)
     before = protocol.evaluate_success(model.policy, eval_env, args.eval_episodes)
     print(f"Start policy: success rate {before:.2f} on {args.eval_episodes} held-out episodes (stochastic actions)")
