@@ -1,11 +1,11 @@
 """sppo-llm on 1 against 2 processes on this CPU machine: prompts per second and seconds per iteration.
 
-The tiny example (``examples/llm/tiny_cpu.yml``, random-init models, in-process tokenizers), with a wider policy
-(``--hidden-size``, ``--layers``: on the example's own 64-wide model an iteration takes 0.1 s and the gathers cost
-more than they save), at the same global batch, run through the real launch commands: ``python -m sppo_rl.llm train`` and ``torchrun --nproc-per-node 2
--m sppo_rl.llm train``. Seconds per iteration are the median of ``time/iteration_s`` in ``progress.csv`` after the
-first (warm-up) iterations; wall time includes start-up. Each process is pinned to one thread
-(``OMP_NUM_THREADS=1``, as torchrun does), so 1 process uses one core and 2 processes two.
+The tiny example (``examples/llm/tiny_cpu.yml``: random-init models, in-process tokenizers) with a wider policy
+(``--hidden-size``, ``--layers``; on the example's own 64-wide model an iteration takes 0.1 s and the gathers cost
+more than they save), at the same global batch, through the real launch commands: ``python -m sppo_rl.llm train``
+and ``torchrun --nproc-per-node 2 -m sppo_rl.llm train``. Seconds per iteration are the median of
+``time/iteration_s`` in ``progress.csv`` after the first (warm-up) iterations; wall time includes start-up. Each
+process uses one thread (``OMP_NUM_THREADS=1``, as torchrun sets it), so 1 process uses one core and 2 processes two.
 
     python benchmarks/llm_processes.py --prompts 64 --iterations 12 --out benchmarks/out/llm_processes.json
 """

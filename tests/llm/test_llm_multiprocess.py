@@ -8,6 +8,7 @@ accumulated in one ``.grad``; everything else (sampling, log-probs, critic value
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -59,6 +60,36 @@ def _train(out: Path, *extra: str, procs: int = 1, cwd: Path | None = None) -> s
     launcher = [*TORCHRUN, "--master-port", _port()] if procs > 1 else [sys.executable]
     cmd = [*launcher, "-m", "sppo_rl.llm", "train", str(TINY), "--output-dir", str(out), *SMALL, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=cwd or out.parent, timeout=300)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_tree(pid: int) -> None:
+    for p in [*_descendants(pid), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _rows(run: Path) -> list[dict[str, float]]:
@@ -138,13 +169,15 @@ def test_a_killed_two_process_run_resumes_exactly(tmp_path: Path) -> None:
     cut = tmp_path / "cut"
     launcher = [*TORCHRUN, "--master-port", _port()]
     cmd = [*launcher, "-m", "sppo_rl.llm", "train", str(TINY), "--output-dir", str(cut), *SMALL, *slow]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = cut / "checkpoints" / "checkpoint-2" / "config.json"
     deadline = time.time() + 240
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, in the middle of iteration 3
+    workers = _descendants(proc.pid)
+    _kill_tree(proc.pid)  # the launcher and both ranks, in the middle of iteration 3
     proc.wait(timeout=60)
+    assert len(workers) >= 2 and not any(Path(f"/proc/{p}").exists() and _alive(p) for p in workers)
     assert marker.exists() and not (cut / "final").exists()
 
     done = _train(cut, *slow, "--resume", "auto", procs=2, cwd=tmp_path)
