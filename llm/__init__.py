@@ -12,18 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import (
-    CriticSpec,
-    DataSpec,
-    EvalSettings,
-    GenerationSettings,
-    LoraSettings,
-    ModelSpec,
-    RewardSpec,
-    RunConfig,
-    TrainerConfig,
-    TrainSettings,
-)
+from .config import CriticSpec, DistributedSettings, GenerationSettings, LoraSettings, ModelSpec, TrainerConfig
 from .data import EmptyDatasetError, PromptDataset, PromptSampler, PromptTemplate, load_prompt_dataset, load_rows
 from .rewards import (
     BoxedMathVerifier,
@@ -35,6 +24,7 @@ from .rewards import (
     VerifierResult,
     make_reward,
 )
+from .run_config import DataSpec, EvalSettings, RewardSpec, RunConfig, TrainSettings
 from .sequences import PromptTooLongError
 
 if TYPE_CHECKING:
@@ -62,6 +52,7 @@ __all__ = [
     "BoxedMathVerifier",
     "CriticSpec",
     "DataSpec",
+    "DistributedSettings",
     "EmptyDatasetError",
     "EvalSettings",
     "ExactMatchVerifier",

@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .config import RewardSpec
 from .data import PromptDataset
 from .evaluation import METRICS
 from .loading import build_rewards
 from .math_benchmarks import PAPER_TEMPLATE, MathBenchmark, load_benchmark_rows, resolve_benchmarks
 from .rewards import RewardRunner
+from .run_config import RewardSpec
 
 if TYPE_CHECKING:
     from .trainer import SPPOTrainer

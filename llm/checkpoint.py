@@ -36,11 +36,12 @@ import torch
 
 from sppo_rl.version import __version__
 
-from .config import RunConfig, TrainerConfig, to_dict
+from .config import TrainerConfig, to_dict
 from .critic import LMCritic
 from .data import PromptSampler
 from .distributed import Distributed, copy_full_into, full_tensor, load_optimizer_state, optimizer_state
 from .models import PolicyModel
+from .run_config import RunConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -38,7 +38,7 @@ def _latest_checkpoint(output_dir: str) -> str | None:
 
 
 def _load_config(args: argparse.Namespace) -> Any:
-    from .config import RunConfig
+    from .run_config import RunConfig
 
     overrides = list(args.set or [])
     if getattr(args, "output_dir", None):
@@ -109,8 +109,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .benchmark_eval import prepare_benchmarks
-    from .config import DataSpec
     from .loading import build_dataset
+    from .run_config import DataSpec
     from .trainer import build_trainer
 
     if args.benchmark and args.data:

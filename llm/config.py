@@ -5,9 +5,9 @@ critic read at the last prompt token with a Bernoulli head, actor lr 1e-6, criti
 for a 7B critic), temperature 0.6, clip 0.2 with dual clip 3.0, token-mean loss, no KL, grad clip 1.0, one
 epoch, one sample per prompt, 8192 response tokens. See ``docs/llm.md`` for the reference of every field.
 
-A YAML file maps onto :class:`RunConfig`; unknown keys are errors (a typo never silently does nothing)::
-
-    cfg = RunConfig.from_yaml("examples/llm/tiny_cpu.yml", overrides=["trainer.learning_rate=1e-3"])
+These are the model, generation and trainer settings; the run-level sections (data, rewards, run length, logging,
+evaluation) and the YAML file's top level are :mod:`sppo_rl.llm.run_config`. :func:`from_dict` / :func:`to_dict`
+convert any of them from and to nested dicts (unknown keys are errors).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
@@ -26,15 +26,10 @@ from .engine_registry import check_engine_name
 
 __all__ = [
     "CriticSpec",
-    "DataSpec",
     "DistributedSettings",
-    "EvalSettings",
     "GenerationSettings",
     "LoraSettings",
     "ModelSpec",
-    "RewardSpec",
-    "RunConfig",
-    "TrainSettings",
     "TrainerConfig",
     "from_dict",
     "to_dict",
@@ -346,169 +341,6 @@ class TrainerConfig:
             raise ValueError(f"distributed.timeout_s must be > 0, got {self.distributed.timeout_s}")
         if self.generation.kv_bucket < 0:
             raise ValueError(f"generation.kv_bucket must be >= 0, got {self.generation.kv_bucket}")
-
-
-@dataclass
-class DataSpec:
-    """A prompt dataset (see :func:`~sppo_rl.llm.data.load_rows`).
-
-    :param source: a local ``.jsonl``/``.json``/``.parquet``/``.csv`` path, ``"reasoning_gym:<task>"``,
-        ``"toy:copy_digit"``, or a dict ``{"reasoning_gym": ..., "size": ..., "seed": ...}``
-    :param template: prompt template with ``{column}`` placeholders (``None``: the prompt column as it is)
-    :param system: optional system message
-    :param prompt_column: column with the question (or chat messages)
-    :param answer_column: column with the reference answer
-    :param size: number of rows for generated sources
-    :param seed: seed for generated sources
-    :param max_rows: keep only the first rows (``None``: all)
-    """
-
-    source: Any = None
-    template: str | None = None
-    system: str | None = None
-    prompt_column: str = "question"
-    answer_column: str = "answer"
-    size: int | None = None
-    seed: int | None = None
-    max_rows: int | None = None
-
-
-@dataclass
-class RewardSpec:
-    """The verifier.
-
-    :param name: ``"boxed_math"``, ``"exact_match"``, ``"reasoning_gym"`` or ``"package.module:function"``
-    :param options: constructor arguments (e.g. ``{"mode": "prefix"}`` for exact match)
-    :param timeout_s: seconds per verifier call; a timeout scores 0 and is counted
-    """
-
-    name: str = "boxed_math"
-    options: dict[str, Any] = field(default_factory=dict)
-    timeout_s: float | None = 10.0
-
-
-@dataclass
-class EvalSettings:
-    """Held-out evaluation (accuracy avg@k).
-
-    :param k: samples per prompt
-    :param temperature: sampling temperature (``None``: the training temperature)
-    :param max_new_tokens: ``None``: the training limit
-    :param max_prompts: evaluate on the first prompts only (``None``: all)
-    :param batch_size: prompts per generation batch
-    :param seed: evaluation sampling seed (evaluation never disturbs the training random state)
-    """
-
-    k: int = 4
-    temperature: float | None = None
-    max_new_tokens: int | None = None
-    max_prompts: int | None = None
-    batch_size: int = 64
-    seed: int = 1234
-
-
-@dataclass
-class TrainSettings:
-    """The training run (``sppo-llm train``).
-
-    :param n_iterations: iterations (prompt batches) to run in total (counting those of a resumed checkpoint)
-    :param total_steps: alternatively, responses to sample in total (``n_iterations`` wins when both are set)
-    :param log_interval: dump the logs every this many iterations
-    :param save_interval: save a checkpoint every this many iterations (``None``: only at the end)
-    :param eval_interval: evaluate every this many iterations (``None``: only at the end, if there is
-        ``eval_data``)
-    :param logger: SB3 logger formats: ``"stdout"``, ``"csv"``, ``"tensorboard"``, ``"json"``, ``"log"``
-    :param progress_bar: show a progress bar
-    """
-
-    n_iterations: int | None = None
-    total_steps: int | None = None
-    log_interval: int = 1
-    save_interval: int | None = None
-    eval_interval: int | None = None
-    logger: list[str] = field(default_factory=lambda: ["stdout", "csv"])
-    progress_bar: bool = False
-
-
-@dataclass
-class RunConfig:
-    """Everything ``sppo-llm train|eval`` needs; the YAML file's top level.
-
-    :param policy: the policy model and its LoRA adapter
-    :param critic: the value model
-    :param data: the training prompts
-    :param eval_data: held-out prompts (optional)
-    :param reward: the verifier
-    :param trainer: algorithm hyperparameters
-    :param train: run length, logging and checkpoints
-    :param eval: evaluation settings
-    :param output_dir: where logs and checkpoints go
-    :param seed: overrides ``trainer.seed`` when set
-    :param imports: Python modules imported before anything is built, from the working folder or the installed
-        packages: where your own advantage estimators, reward functions or generation engines register themselves
-        (e.g. ``[my_estimators]`` for a ``my_estimators.py`` beside the config's working folder)
-    """
-
-    policy: ModelSpec = field(default_factory=ModelSpec)
-    critic: CriticSpec = field(default_factory=CriticSpec)
-    data: DataSpec = field(default_factory=DataSpec)
-    eval_data: DataSpec | None = None
-    reward: RewardSpec = field(default_factory=RewardSpec)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    output_dir: str = "runs/sppo-llm"
-    seed: int | None = None
-    imports: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.seed is not None:
-            self.trainer.seed = self.seed
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Build from a nested dict (unknown keys raise ``ValueError``)."""
-        return from_dict(cls, data)
-
-    @classmethod
-    def from_yaml(cls, path: str, overrides: Sequence[str] = ()) -> RunConfig:
-        """Read a YAML file, apply ``key.sub=value`` overrides (values parsed as YAML), build the config.
-
-        :param path: the YAML file
-        :param overrides: e.g. ``["trainer.learning_rate=1e-5", "train.n_iterations=10"]``
-        """
-        import yaml
-
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level of the config must be a mapping")
-        apply_overrides(data, overrides)
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON/YAML-serialisable nested dict."""
-        return to_dict(self)
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> None:
-    """Apply ``a.b.c=value`` overrides to a nested dict in place (values parsed as YAML scalars/lists)."""
-    import yaml
-
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"Override {item!r} must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ValueError(f"Override {item!r}: {part!r} is not a section")
-            node = nxt
-        node[parts[-1]] = yaml.safe_load(raw)
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:

@@ -15,11 +15,12 @@ from typing import Any
 
 from torch import nn
 
-from .config import CriticSpec, DataSpec, ModelSpec, RewardSpec, TrainerConfig
+from .config import CriticSpec, ModelSpec, TrainerConfig
 from .critic import LMCritic, load_critic
 from .data import PromptDataset, load_prompt_dataset, load_rows
 from .models import PolicyModel, load_policy
 from .rewards import RewardRunner, Verifier, make_reward
+from .run_config import DataSpec, RewardSpec
 
 __all__ = [
     "DatasetTexts",

@@ -42,15 +42,7 @@ from torch import nn
 from sppo_rl.objectives import get_advantage_estimator
 
 from .checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from .config import (
-    CriticSpec,
-    DistributedSettings,
-    GenerationSettings,
-    ModelSpec,
-    RunConfig,
-    TrainerConfig,
-    from_dict,
-)
+from .config import CriticSpec, DistributedSettings, GenerationSettings, ModelSpec, TrainerConfig, from_dict
 from .critic import LMCritic, same_vocabulary
 from .data import PromptDataset, PromptSampler, load_prompt_dataset
 from .distributed import Distributed
@@ -70,6 +62,7 @@ from .models import PolicyModel
 from .monitor import make_callback, make_logger
 from .rewards import RewardRunner, Verifier
 from .rollout import RolloutBatch, RolloutCollector
+from .run_config import RunConfig
 from .updates import update_critic, update_policy
 
 __all__ = ["SPPOTrainer", "build_trainer"]

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 import torch
-from sppo_rl.llm.config import GenerationSettings, RunConfig, TrainerConfig
+from sppo_rl.llm.config import GenerationSettings, TrainerConfig
 from sppo_rl.llm.data import EmptyDatasetError
 from sppo_rl.llm.models import load_policy
 from sppo_rl.llm.random_init import build_random_model
 from sppo_rl.llm.rewards import ExactMatchVerifier
+from sppo_rl.llm.run_config import RunConfig
 from sppo_rl.llm.sequences import PromptTooLongError
 from sppo_rl.llm.tiny import TINY_QWEN2
 from sppo_rl.llm.tokenizer_training import train_tokenizer

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from sppo_rl.llm.cli import main
-from sppo_rl.llm.config import RunConfig
+from sppo_rl.llm.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "llm" / "tiny_cpu.yml"

@@ -18,7 +18,6 @@ import pytest
 import torch
 from sppo_rl.llm.benchmark_eval import benchmark_rewards, evaluate_math_benchmarks
 from sppo_rl.llm.cli import main
-from sppo_rl.llm.config import DataSpec, RunConfig
 from sppo_rl.llm.data import PromptDataset, load_rows
 from sppo_rl.llm.eval_metrics import majority_vote, math_answers_equal, pass_at_k, prompt_metrics
 from sppo_rl.llm.evaluation import evaluate_policy
@@ -33,6 +32,7 @@ from sppo_rl.llm.math_benchmarks import (
     resolve_benchmarks,
 )
 from sppo_rl.llm.rewards import BoxedMathVerifier, RewardRunner
+from sppo_rl.llm.run_config import DataSpec, RunConfig
 from sppo_rl.llm.sequences import EncodedPrompts, Rollout
 from sppo_rl.llm.trainer import build_trainer
 
