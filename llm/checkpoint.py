@@ -8,7 +8,8 @@ A checkpoint is a folder::
     policy.safetensors       instead of policy_adapter/ when the policy is trained without LoRA
     critic.safetensors       the critic's trainable weights (head, plus its adapter or its whole trunk) and the
                              head's buffers
-    optimizer.pt             both optimizer states (tensors only; read with ``torch.load(weights_only=True)``)
+    optimizer.pt             both optimizer states and learning-rate schedules (tensors and numbers only; read with
+                             ``torch.load(weights_only=True)``)
     rng_state.safetensors    torch CPU/CUDA and shuffle-generator states (rank 0; other ranks:
                              rng_state_rank<r>.safetensors)
     trainer_state.json       iteration, responses seen, prompt-sampler position, Python and NumPy RNG states
@@ -69,6 +70,8 @@ class TrainerState(Protocol):
     policy_optimizer: torch.optim.Optimizer
     critic: LMCritic | None
     critic_optimizer: torch.optim.Optimizer | None
+    policy_schedule: torch.optim.lr_scheduler.LRScheduler
+    critic_schedule: torch.optim.lr_scheduler.LRScheduler | None
     advantage_fn: Callable[..., Any]
     sampler: PromptSampler
     shuffle_generator: torch.Generator
@@ -150,9 +153,14 @@ def save_checkpoint(trainer: TrainerState, path: str) -> str:
         critic_state = {
             k: full_tensor(v).contiguous().clone() for k, v in trainer.critic.trainable_state_dict().items()
         }
-    optim = {"policy": optimizer_state(trainer.policy_optimizer, policy.model)}
+    optim = {
+        "policy": optimizer_state(trainer.policy_optimizer, policy.model),
+        "policy_schedule": trainer.policy_schedule.state_dict(),
+    }
     if trainer.critic_optimizer is not None and trainer.critic is not None:
         optim["critic"] = optimizer_state(trainer.critic_optimizer, trainer.critic)
+    if trainer.critic_schedule is not None:
+        optim["critic_schedule"] = trainer.critic_schedule.state_dict()
 
     rng = {"torch_cpu": torch.get_rng_state(), "shuffle": trainer.shuffle_generator.get_state()}
     if torch.cuda.is_available():
@@ -312,6 +320,10 @@ def load_checkpoint(trainer: TrainerState, path: str) -> None:
     load_optimizer_state(trainer.policy_optimizer, policy.model, optim["policy"])
     if trainer.critic_optimizer is not None and trainer.critic is not None:
         load_optimizer_state(trainer.critic_optimizer, trainer.critic, optim["critic"])
+    if "policy_schedule" in optim:
+        trainer.policy_schedule.load_state_dict(optim["policy_schedule"])
+    if trainer.critic_schedule is not None and "critic_schedule" in optim:
+        trainer.critic_schedule.load_state_dict(optim["critic_schedule"])
 
     own_rng = os.path.join(path, f"rng_state_rank{trainer.dist.rank}.safetensors")
     file = own_rng if trainer.dist.rank and os.path.isfile(own_rng) else os.path.join(path, "rng_state.safetensors")

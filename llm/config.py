@@ -245,6 +245,21 @@ class TrainerConfig:
         logits in memory; chunks are recomputed in the backward pass)
     :param seed: seed of sampling, shuffling and prompt order
     :param shuffle: reshuffle the prompts every epoch
+    :param lr_scheduler_type: the policy's learning-rate schedule over the iterations, a ``transformers``
+        ``get_scheduler`` name: ``"constant"``, ``"linear"``, ``"cosine"`` (each with warm-up), ...
+    :param lr_warmup_iterations: iterations of linear warm-up of the policy's learning rate from 0
+    :param critic_lr_scheduler_type: the critic's schedule (``None``: the policy's)
+    :param critic_lr_warmup_iterations: the critic's warm-up (``None``: the policy's)
+    :param total_iterations: the length of the schedules (iterations of the whole run; the command line sets it
+        from ``train.n_iterations``); needed by decaying schedules
+    :param critic_warmup_iterations: the first iterations update the critic only (the policy waits for a trained
+        critic; verl's ``critic_warmup``)
+    :param entropy_coef: weight of an entropy bonus (``loss -= entropy_coef * entropy``, aggregated as the loss)
+    :param mask_truncated_completions: leave responses cut at ``max_new_tokens`` out of the policy loss (DAPO)
+    :param overlong_buffer: DAPO's soft overlong punishment: responses longer than ``max_new_tokens -
+        overlong_buffer`` tokens lose up to ``overlong_penalty`` (linearly, reached at ``max_new_tokens``) from the
+        ``R`` of the advantage (the critic still learns the outcome); 0: off
+    :param overlong_penalty: the largest punishment
     """
 
     estimator: str = "sppo"
@@ -286,6 +301,16 @@ class TrainerConfig:
     logprob_chunk_size: int = 1024
     seed: int = 0
     shuffle: bool = True
+    lr_scheduler_type: str = "constant"
+    lr_warmup_iterations: int = 0
+    critic_lr_scheduler_type: str | None = None
+    critic_lr_warmup_iterations: int | None = None
+    total_iterations: int | None = None
+    critic_warmup_iterations: int = 0
+    entropy_coef: float = 0.0
+    mask_truncated_completions: bool = False
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
 
     @property
     def samples_per_prompt(self) -> int:
@@ -293,6 +318,15 @@ class TrainerConfig:
         if self.n_samples_per_prompt is not None:
             return self.n_samples_per_prompt
         return get_advantage_estimator(self.estimator).samples_per_context
+
+    @property
+    def critic_schedule(self) -> tuple[str, int]:
+        """``(schedule, warm-up iterations)`` of the critic's learning rate (the policy's unless set)."""
+        warmup = self.critic_lr_warmup_iterations
+        return (
+            self.critic_lr_scheduler_type or self.lr_scheduler_type,
+            self.lr_warmup_iterations if warmup is None else warmup,
+        )
 
     def estimator_options(self) -> dict[str, Any]:
         """The estimator's options: the shorthand fields that are set, then ``estimator_kwargs``."""
@@ -333,6 +367,18 @@ class TrainerConfig:
         if self.generation.temperature <= 0:
             raise ValueError("generation.temperature must be > 0 (greedy decoding is only used for ReMax's baseline)")
         check_engine_name(self.generation.engine)
+        for name in ("lr_warmup_iterations", "critic_warmup_iterations", "overlong_buffer"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.overlong_buffer >= self.generation.max_new_tokens:
+            raise ValueError(
+                f"overlong_buffer ({self.overlong_buffer}) must be below generation.max_new_tokens "
+                f"({self.generation.max_new_tokens})"
+            )
+        if self.overlong_penalty < 0 or self.entropy_coef < 0:
+            raise ValueError("overlong_penalty and entropy_coef must be >= 0")
+        if self.total_iterations is not None and self.total_iterations < 1:
+            raise ValueError(f"total_iterations must be >= 1, got {self.total_iterations}")
         if self.distributed.strategy not in DISTRIBUTED_STRATEGIES:
             raise ValueError(
                 f"distributed.strategy must be one of {DISTRIBUTED_STRATEGIES}, got {self.distributed.strategy!r}"

@@ -64,7 +64,8 @@ def sequence_logprobs(
     :param temperature: logits are divided by it (the sampling temperature)
     :param chunk_size: positions per chunk
     :param softcap: final-logit soft-cap of the model (``tanh(l / c) * c``), if any
-    :param with_entropy: also return the entropy of each position's distribution (no gradient)
+    :param with_entropy: also return the entropy of each position's distribution (with gradient when gradients
+        are on: the entropy bonus)
     :return: ``(logp (B, T) float32, entropy (B, T) or None)``, 0 on padding
     """
     n_response = response_mask.shape[1]
@@ -81,12 +82,9 @@ def sequence_logprobs(
     for start in range(0, flat_h.shape[0], chunk_size):
         hs, ts = flat_h[start : start + chunk_size], flat_t[start : start + chunk_size]
         if grad:
-            lp, _ = checkpoint(_chunk_logprobs, hs, ts, head, temperature, softcap, False, use_reentrant=False)
-            if with_entropy:
-                with torch.no_grad():
-                    ent = _chunk_logprobs(hs, ts, head, temperature, softcap, True)[1]
-                if ent is not None:
-                    ents.append(ent)
+            lp, ent = checkpoint(_chunk_logprobs, hs, ts, head, temperature, softcap, with_entropy, use_reentrant=False)
+            if ent is not None:
+                ents.append(ent)
         else:
             lp, ent = _chunk_logprobs(hs, ts, head, temperature, softcap, with_entropy)
             if ent is not None:

@@ -417,6 +417,16 @@ class RolloutCollector:
             generation_peak_mb=generation_peak_mb,
         )
 
+    def overlong_penalty(self, rollout: Rollout) -> Tensor:
+        """``(B,)`` DAPO's soft overlong punishment, 0 down to ``-overlong_penalty`` over the last
+        ``overlong_buffer`` tokens of the limit (zeros when ``overlong_buffer`` is 0)."""
+        cfg = self.config
+        lengths = rollout.response_lengths.to(torch.float32)
+        if cfg.overlong_buffer <= 0:
+            return torch.zeros_like(lengths)
+        start = cfg.generation.max_new_tokens - cfg.overlong_buffer
+        return -cfg.overlong_penalty * ((lengths - start).clamp(min=0) / cfg.overlong_buffer).clamp(max=1.0)
+
     def finish(self, batch: RolloutBatch) -> RolloutBatch:
         """The batch with its per-token advantages (and the per-token critic's returns), from what the estimator
         declares; on several ranks this runs on the gathered global batch, identically on every rank.
@@ -427,14 +437,14 @@ class RolloutCollector:
         rollout = batch.rollout
         mask = rollout.response_mask.to(torch.float32)
         available: dict[str, Any] = {
-            "outcomes": batch.outcomes,
+            "outcomes": batch.outcomes + self.overlong_penalty(rollout),
             "group_ids": batch.group_ids,
             "greedy_outcomes": batch.greedy_outcomes,
             "mask": mask,
         }
         if "values" in self.estimator.inputs:
             available["values"] = batch.values
-            available["rewards"] = _outcome_on_last_token(batch.outcomes, rollout)
+            available["rewards"] = _outcome_on_last_token(available["outcomes"], rollout)
         elif batch.values is not None:
             available["baselines"] = batch.values
         out = self.advantage_fn(**self.estimator.select_inputs(available))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -63,6 +64,7 @@ from .monitor import make_callback, make_logger
 from .rewards import RewardRunner, Verifier
 from .rollout import RolloutBatch, RolloutCollector
 from .run_config import RunConfig
+from .schedules import check_schedule, make_schedule
 from .updates import update_critic, update_policy
 
 __all__ = ["SPPOTrainer", "build_trainer"]
@@ -130,6 +132,8 @@ class SPPOTrainer:
             critic_mini_batch_size=cfg.critic_mini_batch_size,
         )
         self.verbose = verbose if self.dist.is_main else 0
+        check_schedule(cfg.lr_scheduler_type, cfg.lr_warmup_iterations, cfg.total_iterations, "lr_scheduler_type")
+        check_schedule(*cfg.critic_schedule, cfg.total_iterations, "critic_lr_scheduler_type")
 
         # data and rewards
         self.env, self.dataset = resolve_train_data(train_data)
@@ -165,6 +169,13 @@ class SPPOTrainer:
                 eps=cfg.adam_eps,
                 weight_decay=cfg.critic_weight_decay,
             )
+
+        self.policy_schedule = make_schedule(
+            self.policy_optimizer, cfg.lr_scheduler_type, cfg.lr_warmup_iterations, cfg.total_iterations
+        )
+        self.critic_schedule = None
+        if self.critic_optimizer is not None:
+            self.critic_schedule = make_schedule(self.critic_optimizer, *cfg.critic_schedule, cfg.total_iterations)
 
         # the parts of an iteration
         self.engine = make_generation_engine(self.policy, cfg.generation)
@@ -371,10 +382,21 @@ class SPPOTrainer:
         metrics["memory/generation_peak_mb"] = batch.generation_peak_mb
         metrics["memory/rollout_peak_mb"] = peak_memory_mb(self.device)
         t1 = time.perf_counter()
+        learning_rates = {"train/learning_rate": self.policy_optimizer.param_groups[0]["lr"]}
+        if self.critic_optimizer is not None:
+            learning_rates["train/critic_learning_rate"] = self.critic_optimizer.param_groups[0]["lr"]
         metrics.update(self.train_critic(batch))
         metrics["memory/critic_update_peak_mb"] = peak_memory_mb(self.device)
-        metrics.update(self.train_policy(batch))
-        self.engine.sync_weights(self.policy)
+        if self.iteration >= self.config.critic_warmup_iterations:
+            metrics.update(self.train_policy(batch))
+            self.engine.sync_weights(self.policy)
+        else:  # critic warm-up: the policy waits for a trained critic
+            metrics["train/critic_warmup"] = 1.0
+        with warnings.catch_warnings():  # a critic warm-up iteration steps the schedule without a policy step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.policy_schedule.step()
+            if self.critic_schedule is not None:
+                self.critic_schedule.step()
         t_train = time.perf_counter() - t1
         self.num_timesteps += batch.size
         self.iteration += 1
@@ -383,7 +405,7 @@ class SPPOTrainer:
         n_tokens = float(batch.rollout.response_mask.sum())
         metrics.update(
             {
-                "train/learning_rate": self.policy_optimizer.param_groups[0]["lr"],
+                **learning_rates,
                 "time/iterations": float(self.iteration),
                 "time/total_timesteps": float(self.num_timesteps),
                 "time/generation_s": t_gen,
@@ -397,8 +419,6 @@ class SPPOTrainer:
                 "time/peak_memory_mb": peak_memory_mb(self.device),
             }
         )
-        if self.critic_optimizer is not None:
-            metrics["train/critic_learning_rate"] = self.critic_optimizer.param_groups[0]["lr"]
         self.last_metrics = metrics
         self.history.append(metrics)
         self.last_batch = batch

@@ -28,12 +28,11 @@ from .critic import LMCritic
 from .distributed import Distributed
 from .models import train_mode
 from .rollout import RolloutBatch, chunks, trim_left
-from .sequences import Rollout
 
 __all__ = ["clip_gradients", "update_critic", "update_policy"]
 
 Tensor = torch.Tensor
-LogprobFn = Callable[[Rollout], tuple[Tensor, Tensor | None]]
+LogprobFn = Callable[..., tuple[Tensor, Tensor | None]]
 
 
 def clip_gradients(params: list[nn.Parameter], max_norm: float | None) -> float:
@@ -138,6 +137,10 @@ def update_policy(
     mb = (config.mini_batch_size or config.prompts_per_step) * n
     mask_all = batch.rollout.response_mask
     device = mask_all.device
+    if config.mask_truncated_completions:  # DAPO: responses cut at the limit teach the policy nothing
+        mask_all = mask_all * (~batch.rollout.truncated).to(mask_all.dtype)[:, None]
+    norm_length = config.generation.max_new_tokens
+    entropy_bonus = config.entropy_coef > 0
     sums: dict[str, float] = {}
     norms: list[float] = []
     with train_mode(model):
@@ -151,8 +154,8 @@ def update_policy(
                 for idx in chunks(mini[dist.block(len(mini))], config.micro_batch_size):
                     sub = batch.rollout.select(idx)
                     width = sub.response_mask.shape[1]
-                    mask = sub.response_mask.to(torch.float32)
-                    logp, _ = logprobs(sub)
+                    mask = mask_all[idx, :width].to(torch.float32)
+                    logp, entropy = logprobs(sub, with_entropy=entropy_bonus)
                     out = clipped_policy_loss(
                         logp,
                         batch.old_logp[idx, :width],
@@ -163,7 +166,7 @@ def update_policy(
                         dual_clip=config.dual_clip,
                         log_ratio_clamp=config.log_ratio_clamp,
                         loss_agg_mode=config.loss_agg_mode,
-                        norm_length=config.generation.max_new_tokens,
+                        norm_length=norm_length,
                     )
                     loss = out.loss
                     stats = {
@@ -180,10 +183,14 @@ def update_policy(
                             kl_penalty(logp, batch.ref_logp[idx, :width], config.kl_estimator),
                             mask,
                             config.loss_agg_mode,
-                            config.generation.max_new_tokens,
+                            norm_length,
                         )
                         loss = loss + config.kl_coef * kl
                         stats["train/kl_ref"] = kl
+                    if entropy is not None:
+                        mean_entropy = aggregate_loss(entropy, mask, config.loss_agg_mode, norm_length)
+                        loss = loss - config.entropy_coef * mean_entropy
+                        stats["train/entropy_loss"] = -mean_entropy
                     if config.loss_agg_mode == "token-mean":
                         weight = mask.sum() / n_tokens
                     else:
