@@ -1,6 +1,6 @@
 """sppo-llm on 1 against 2 processes on this CPU machine: prompts per second and seconds per iteration.
 
-The tiny example (``examples/llm/tiny_cpu.yml``: random-init models, in-process tokenizers) with a wider policy
+The tiny example (``llm/examples/tiny_cpu.yml``: random-init models, in-process tokenizers) with a wider policy
 (``--hidden-size``, ``--layers``; on the example's own 64-wide model an iteration takes 0.1 s and the gathers cost
 more than they save), at the same global batch, through the real launch commands: ``python -m sppo_rl.llm train``
 and ``torchrun --nproc-per-node 2 -m sppo_rl.llm train``. Seconds per iteration are the median of
@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine_info, markdown_table, write_json
 
-TINY = ROOT / "examples" / "llm" / "tiny_cpu.yml"
+TINY = ROOT / "llm" / "examples" / "tiny_cpu.yml"
 
 
 def _port() -> str:

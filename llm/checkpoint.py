@@ -48,8 +48,10 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "DamagedCheckpointError",
     "frozen_fingerprint",
+    "latest_checkpoint",
     "load_checkpoint",
     "read_checkpoint_config",
+    "resolve_checkpoint",
     "save_checkpoint",
 ]
 
@@ -232,6 +234,41 @@ def _write_config(trainer: TrainerState, folder: str) -> None:
     }
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, default=str)
+
+
+def _checkpoint_number(name: str) -> int | None:
+    prefix, _, number = name.partition("-")
+    return int(number) if prefix == "checkpoint" and number.isdigit() else None
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint under ``output_dir/checkpoints`` (a half-written save ends in ``.tmp``)."""
+    folder = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(folder):
+        return None
+    found = []
+    for name in os.listdir(folder):
+        number = _checkpoint_number(name)
+        if number is not None and os.path.isfile(os.path.join(folder, name, "config.json")):
+            found.append((number, os.path.join(folder, name)))
+    return max(found)[1] if found else None
+
+
+def resolve_checkpoint(path: str) -> str:
+    """The checkpoint a path names: a checkpoint folder itself, a run folder's ``final`` checkpoint, else the
+    run's newest complete one.
+
+    :raises FileNotFoundError: no checkpoint there
+    """
+    for candidate in (path, os.path.join(path, "final")):
+        if os.path.isfile(os.path.join(candidate, "config.json")) and os.path.isfile(
+            os.path.join(candidate, "trainer_state.json")
+        ):
+            return candidate
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path} is neither a checkpoint nor a run folder with one (final/ or checkpoints/)")
+    return latest
 
 
 def read_checkpoint_config(path: str) -> dict[str, Any]:

@@ -99,7 +99,9 @@ class LMCritic(nn.Module):
         self._decoder = decoder
         hidden = int(getattr(decoder.config, "hidden_size", 0) or backbone.config.hidden_size)
         device = next(backbone.parameters()).device
-        self.head: ValueHead = make_value_head(value_head, hidden).to(device=device)
+        # no bias, as TRL's value models: the critic exports as an AutoModelForSequenceClassification model
+        options = {} if isinstance(value_head, ValueHead) else {"bias": False}
+        self.head: ValueHead = make_value_head(value_head, hidden, **options).to(device=device)
 
     @property
     def shared(self) -> bool:

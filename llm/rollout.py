@@ -48,6 +48,7 @@ class RolloutBatch:
 
     :param rollout: prompts and responses (:class:`~sppo_rl.llm.sequences.Rollout`)
     :param rows: ``B`` dataset rows
+    :param prompts: ``B`` rendered prompt texts (as the policy read them)
     :param group_ids: ``(B,)`` index of each sequence's prompt in the iteration
     :param outcomes: ``(B,)`` rewards ``R``
     :param success: ``(B,)`` bool
@@ -69,6 +70,7 @@ class RolloutBatch:
 
     rollout: Rollout
     rows: list[dict[str, Any]]
+    prompts: list[str]
     group_ids: Tensor
     outcomes: Tensor
     success: Tensor
@@ -128,6 +130,7 @@ class RolloutBatch:
         return RolloutBatch(
             rollout=rollout,
             rows=dist.gather_objects(self.rows),
+            prompts=dist.gather_objects(self.prompts),
             group_ids=dist.gather_padded(self.group_ids, None),
             outcomes=dist.gather_padded(self.outcomes, None),
             success=dist.gather_padded(self.success.to(torch.uint8), None).bool(),
@@ -145,6 +148,25 @@ class RolloutBatch:
             timings=(max(t[0] for t in timings), max(t[1] for t in timings), max(t[2] for t in timings)),
             generation_peak_mb=max(dist.gather_objects([self.generation_peak_mb])),
         )
+
+    def completion_records(self, n: int) -> list[dict[str, Any]]:
+        """The first ``n`` sequences as records: prompt, response, outcome, success, critic value, advantage."""
+        records = []
+        for i in range(min(n, self.size)):
+            value = None
+            if self.values is not None:
+                value = float(self.values[i] if self.values.dim() == 1 else self.values[i, 0])
+            records.append(
+                {
+                    "prompt": self.prompts[i],
+                    "response": self.rollout.texts[i],
+                    "outcome": float(self.outcomes[i]),
+                    "success": bool(self.success[i]),
+                    "value": value,
+                    "advantage": float(self.advantages[i, 0]) if self.advantages is not None else None,
+                }
+            )
+        return records
 
     def metrics(self) -> dict[str, float]:
         """The ``rollout/*`` and ``train/value*``/``train/advantage*`` metrics of this batch."""
@@ -399,6 +421,7 @@ class RolloutCollector:
         return RolloutBatch(
             rollout=rollout,
             rows=rows,
+            prompts=[t for t in prompt_texts for _ in range(n)],
             group_ids=torch.arange(first_prompt, first_prompt + len(indices), device=device).repeat_interleave(n),
             outcomes=outcomes,
             success=success,

@@ -4,7 +4,7 @@
 the run length, logging and evaluation. A YAML file maps onto it; unknown keys are errors (a typo never silently
 does nothing)::
 
-    cfg = RunConfig.from_yaml("examples/llm/tiny_cpu.yml", overrides=["trainer.learning_rate=1e-3"])
+    cfg = RunConfig.from_yaml("llm/examples/tiny_cpu.yml", overrides=["trainer.learning_rate=1e-3"])
 """
 
 from __future__ import annotations
@@ -94,8 +94,18 @@ class TrainSettings:
     :param save_interval: save a checkpoint every this many iterations (``None``: only at the end)
     :param eval_interval: evaluate every this many iterations (``None``: only at the end, if there is
         ``eval_data``)
-    :param logger: SB3 logger formats: ``"stdout"``, ``"csv"``, ``"tensorboard"``, ``"json"``, ``"log"``
-    :param progress_bar: show a progress bar
+    :param logger: local outputs (:data:`sppo_rl.llm.run_logs.FORMATS`): ``"compact"`` (one console line per log
+        interval), ``"stdout"`` (SB3's table), ``"csv"`` (``progress.csv``, appended on resume), ``"json"``,
+        ``"tensorboard"``, ``"log"``
+    :param report_to: trackers (TRL's ``report_to``): ``tensorboard``, ``wandb``, ``trackio``, ``mlflow``; a resumed
+        run continues the same tracker run
+    :param project: the trackers' project
+    :param run_name: the trackers' run name (default: the output folder's name)
+    :param log_completions_interval: every this many iterations, write a sample of prompts, responses, outcomes,
+        critic values and advantages to ``completions.jsonl`` and to the trackers as a table (``None``: only at
+        evaluations)
+    :param completions_to_log: how many sequences each completion log holds
+    :param progress_bar: show a progress bar (``"auto"``: when the console is a terminal)
     """
 
     n_iterations: int | None = None
@@ -103,8 +113,13 @@ class TrainSettings:
     log_interval: int = 1
     save_interval: int | None = None
     eval_interval: int | None = None
-    logger: list[str] = field(default_factory=lambda: ["stdout", "csv"])
-    progress_bar: bool = False
+    logger: list[str] = field(default_factory=lambda: ["compact", "csv"])
+    report_to: list[str] = field(default_factory=list)
+    project: str = "sppo-rl"
+    run_name: str | None = None
+    log_completions_interval: int | None = None
+    completions_to_log: int = 8
+    progress_bar: bool | str = "auto"
 
 
 @dataclass

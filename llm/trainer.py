@@ -38,12 +38,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.logger import Logger
 from torch import nn
 
 from sppo_rl.objectives import get_advantage_estimator
 
-from .checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from .config import CriticSpec, DistributedSettings, GenerationSettings, ModelSpec, TrainerConfig, from_dict
+from .checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint, save_checkpoint
+from .config import CriticSpec, DistributedSettings, GenerationSettings, ModelSpec, TrainerConfig, from_dict, to_dict
 from .critic import LMCritic, same_vocabulary
 from .data import PromptDataset, PromptSampler, load_prompt_dataset
 from .distributed import Distributed
@@ -60,10 +61,11 @@ from .loading import (
 )
 from .memory import peak_memory_mb, reset_peak_memory
 from .models import PolicyModel
-from .monitor import make_callback, make_logger
+from .monitor import make_callback
 from .rewards import RewardRunner, Verifier
 from .rollout import RolloutBatch, RolloutCollector
 from .run_config import RunConfig
+from .run_logs import RunLog, make_run_log
 from .schedules import check_schedule, make_schedule
 from .updates import update_critic, update_policy
 
@@ -89,7 +91,11 @@ class SPPOTrainer:
     :param reward_timeout_s: verifier timeout when ``reward`` is not a runner
     :param logger: an SB3 ``Logger`` (default: one built from ``log_dir``/``logger_formats``/``verbose``)
     :param log_dir: folder of the file loggers
-    :param logger_formats: SB3 formats, e.g. ``["stdout", "csv", "tensorboard"]``
+    :param logger_formats: local outputs (:data:`sppo_rl.llm.run_logs.FORMATS`), e.g. ``["compact", "csv"]``
+        (default ``["stdout"]``, SB3's table, when verbose)
+    :param report_to: trackers, e.g. ``["wandb"]`` (:data:`sppo_rl.llm.run_logs.TRACKERS`)
+    :param project: the trackers' project
+    :param run_name: the trackers' run name
     :param verbose: 0 silences stdout logging
     :param run_config: the :class:`~sppo_rl.llm.config.RunConfig` this trainer was built from (stored in
         checkpoints so that :meth:`load` can rebuild it)
@@ -111,6 +117,9 @@ class SPPOTrainer:
         logger: Any = None,
         log_dir: str | None = None,
         logger_formats: list[str] | None = None,
+        report_to: Sequence[str] = (),
+        project: str = "sppo-rl",
+        run_name: str | None = None,
         verbose: int = 1,
         run_config: RunConfig | None = None,
         **overrides: Any,
@@ -195,9 +204,15 @@ class SPPOTrainer:
         self.history: list[dict[str, float]] = []
         self.last_batch: RolloutBatch | None = None
         self._seeded = False
-        if not self.dist.is_main:
-            logger = make_logger(None, [], 0)  # one voice: only rank 0 prints and writes logs
-        self.logger = logger if logger is not None else make_logger(log_dir, logger_formats, verbose)
+        if not self.dist.is_main:  # one voice: only rank 0 prints and writes logs
+            self.run_log = RunLog(Logger(folder=None, output_formats=[]))
+        elif logger is not None:
+            self.run_log = RunLog(logger, folder=logger.get_dir())
+        else:
+            formats = logger_formats if logger_formats is not None else (["stdout"] if verbose else [])
+            config_record = run_config.to_dict() if run_config is not None else to_dict(cfg)
+            self.run_log = make_run_log(log_dir, formats, report_to, verbose, project, run_name, config_record)
+        self.logger = self.run_log.logger
 
     # ------------------------------------------------------------------------------------------------------
     # construction from a run config or a checkpoint
@@ -236,9 +251,34 @@ class SPPOTrainer:
             logger=logger,
             log_dir=config.output_dir,
             logger_formats=list(config.train.logger),
+            report_to=list(config.train.report_to),
+            project=config.train.project,
+            run_name=config.train.run_name,
             verbose=verbose,
             run_config=config,
         )
+
+    @classmethod
+    def from_pretrained(cls, path: str, verbose: int = 1) -> SPPOTrainer:
+        """Rebuild a trainer and its state from a run folder (its ``final`` checkpoint, else its newest complete one)
+        or a checkpoint folder, from the run config saved in it: one argument, nothing else to pass.
+
+        :param path: ``runs/x``, ``runs/x/final`` or ``runs/x/checkpoints/checkpoint-100``
+        :param verbose: 0 silences stdout logging
+        :raises FileNotFoundError: no checkpoint there
+        :raises ValueError: a checkpoint of a trainer built in code (no run config): use :meth:`load` with the parts
+        """
+        checkpoint = resolve_checkpoint(path)
+        saved = read_checkpoint_config(checkpoint)
+        if saved.get("run_config") is None:
+            raise ValueError(
+                f"{checkpoint} has no run config (the trainer was built in code): use SPPOTrainer.load(path, "
+                "policy=..., train_data=..., reward=..., critic=...)"
+            )
+        config = RunConfig.from_dict(saved["run_config"])
+        config.train.logger, config.train.report_to = [], []  # a reload writes no logs (train with --resume for that)
+        trainer = cls.from_config(config, checkpoint=checkpoint, verbose=verbose)
+        return trainer.load_checkpoint(checkpoint)
 
     @classmethod
     def load(cls, path: str, **components: Any) -> SPPOTrainer:
@@ -440,6 +480,8 @@ class SPPOTrainer:
         eval_interval: int | None = None,
         save_interval: int | None = None,
         save_dir: str | None = None,
+        log_completions_interval: int | None = None,
+        completions_to_log: int = 8,
     ) -> SPPOTrainer:
         """Train for ``total_steps`` more responses or ``n_iterations`` more iterations (SB3's ``learn``).
 
@@ -447,11 +489,15 @@ class SPPOTrainer:
             ``prompts_per_step x samples_per_prompt``); ``total_timesteps`` is an alias
         :param n_iterations: iterations to run (wins over ``total_steps``)
         :param callback: SB3 callback(s) or ``fn(locals, globals) -> bool``; returning ``False`` stops training
-        :param log_interval: dump the logger every this many iterations
+        :param log_interval: dump the logger every this many iterations (and at the last one)
         :param progress_bar: show a ``tqdm`` progress bar (in responses)
         :param eval_interval: evaluate on ``eval_data`` every this many iterations (logged as ``eval/*``)
         :param save_interval: save a checkpoint to ``save_dir/checkpoint-<iteration>`` every this many iterations
         :param save_dir: checkpoint folder for ``save_interval``
+        :param log_completions_interval: every this many iterations, log a sample of prompts, responses, outcomes,
+            critic values and advantages (``completions.jsonl`` in the log folder, and a table in each tracker);
+            evaluations log their samples too
+        :param completions_to_log: how many sequences each completion log holds
         :return: ``self``
         """
         total_steps = total_steps if total_steps is not None else total_timesteps
@@ -473,20 +519,26 @@ class SPPOTrainer:
         start = time.perf_counter()
         start_steps = self.num_timesteps
         try:
-            for _ in range(n_iterations):
+            for i in range(n_iterations):
                 cb.on_rollout_start()
                 metrics = self.train_iteration()
                 cb.update_locals({"metrics": metrics, "batch": self.last_batch})
                 cb.on_rollout_end()
                 if eval_interval and self.eval_dataset is not None and self.iteration % eval_interval == 0:
-                    metrics.update({f"eval/{k}": v for k, v in self.evaluate().items() if isinstance(v, float)})
+                    result = self.evaluate()
+                    metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)})
+                    self.run_log.completions(result["samples"], self.num_timesteps, table="eval_completions")
+                if log_completions_interval and self.iteration % log_completions_interval == 0 and self.last_batch:
+                    records = self.last_batch.completion_records(completions_to_log)
+                    self.run_log.completions([{"iteration": self.iteration, **r} for r in records], self.num_timesteps)
                 elapsed = time.perf_counter() - start
                 metrics["time/time_elapsed"] = elapsed
                 metrics["time/fps"] = (self.num_timesteps - start_steps) / max(elapsed, 1e-9)
                 if bar is not None:
                     bar.update(per_iter)
                     bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
-                if log_interval and self.iteration % log_interval == 0:
+                last = i == n_iterations - 1  # the last iteration of a call is always logged
+                if log_interval and (self.iteration % log_interval == 0 or last):
                     for k, v in metrics.items():
                         self.logger.record(k, v)
                     self.logger.dump(step=self.num_timesteps)
@@ -562,6 +614,10 @@ class SPPOTrainer:
             group_by=group_by,
             dist=self.dist,
         )
+
+    def close(self) -> None:
+        """Finish the run's outputs (trackers end their runs)."""
+        self.run_log.close()
 
     def save(self, path: str) -> str:
         """Save adapter, critic, optimizers, RNG and counters to folder ``path`` (see

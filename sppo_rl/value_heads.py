@@ -60,17 +60,19 @@ class ValueHead(nn.Module):
     per sequence: ``features`` ``(B, features_dim)``, ``output``/``outcomes``/baselines ``(B,)``.
 
     :param features_dim: size of the critic features fed to the head
+    :param bias: give the linear read-out a bias (the language-model critics have none, as TRL's value models, so
+        that they export as ``AutoModelForSequenceClassification`` models)
     """
 
     name: ClassVar[str] = "custom"
     """Registry name, stored in checkpoints and logs."""
 
-    def __init__(self, features_dim: int) -> None:
+    def __init__(self, features_dim: int, bias: bool = True) -> None:
         super().__init__()
         if features_dim < 1:
             raise ValueError(f"features_dim must be >= 1, got {features_dim}")
         self.features_dim = features_dim
-        self.linear = nn.Linear(features_dim, 1)
+        self.linear = nn.Linear(features_dim, 1, bias=bias)
 
     def forward(self, features: Tensor) -> Tensor:
         """Raw head output (a logit for the Bernoulli head), shape ``(B,)``."""
@@ -143,6 +145,7 @@ class GaussianValueHead(ValueHead):
     :param features_dim: size of the critic features
     :param normalize: learn in the normalised space
     :param min_std: floor on ``sigma``
+    :param bias: see :class:`ValueHead`
     """
 
     name: ClassVar[str] = "gaussian"
@@ -151,8 +154,8 @@ class GaussianValueHead(ValueHead):
     mean: Tensor
     m2: Tensor
 
-    def __init__(self, features_dim: int, normalize: bool = True, min_std: float = 1e-2) -> None:
-        super().__init__(features_dim)
+    def __init__(self, features_dim: int, normalize: bool = True, min_std: float = 1e-2, bias: bool = True) -> None:
+        super().__init__(features_dim, bias=bias)
         self.normalize = normalize
         self.min_std = min_std
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))

@@ -109,7 +109,7 @@ def test_the_command_line_trains_with_a_user_estimator(user_estimator: tuple[str
         "-m",
         "sppo_rl.llm",
         "train",
-        str(ROOT / "examples" / "llm" / "tiny_cpu.yml"),
+        str(ROOT / "llm" / "examples" / "tiny_cpu.yml"),
         "--output-dir",
         str(folder / "run"),
         "--set",

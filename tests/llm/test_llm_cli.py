@@ -15,8 +15,8 @@ from sppo_rl.llm.cli import main
 from sppo_rl.llm.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "examples" / "llm" / "tiny_cpu.yml"
-PAPER = ROOT / "examples" / "llm" / "paper_7b_policy_1p5b_critic.yml"
+TINY = ROOT / "llm" / "examples" / "tiny_cpu.yml"
+PAPER = ROOT / "llm" / "examples" / "paper_7b_policy_1p5b_critic.yml"
 
 
 def _last_json(text: str) -> dict[str, Any]:
@@ -182,11 +182,15 @@ def test_python_dash_m_entry_point() -> None:
     assert "train" in out.stdout and "make-tiny" in out.stdout
 
 
-def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+def test_bad_config_is_a_clear_error(tmp_path: Path, capsys: Any) -> None:
+    """One line on stderr, exit status 2; the traceback with --debug."""
     bad = tmp_path / "bad.yml"
     bad.write_text("trainer: {estimator: sppo, clip: 0.2}\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sppo-llm: error: Unknown TrainerConfig keys ['clip']" in err
     with pytest.raises(ValueError, match="Unknown TrainerConfig keys \\['clip'\\]"):
-        main(["train", str(bad)])
+        main(["--debug", "train", str(bad)])
 
 
 @pytest.mark.slow

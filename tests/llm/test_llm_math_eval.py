@@ -37,7 +37,7 @@ from sppo_rl.llm.sequences import EncodedPrompts, Rollout
 from sppo_rl.llm.trainer import build_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "examples" / "llm" / "tiny_cpu.yml"
+TINY = ROOT / "llm" / "examples" / "tiny_cpu.yml"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "math_benchmarks"
 SIZES = {"aime24": 3, "aime25": 2, "amc23": 2, "math500": 4, "minerva": 2, "deepscaler": 3, "dapo17k": 2}
 """Rows of each fixture (DAPO's three rows hold two distinct problems)."""

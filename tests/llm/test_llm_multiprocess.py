@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "examples" / "llm" / "tiny_cpu.yml"
+TINY = ROOT / "llm" / "examples" / "tiny_cpu.yml"
 ATOL = 1e-5
 """Largest absolute difference allowed between 1 and 2 processes (metrics and final weights)."""
 SMALL = [
