@@ -394,6 +394,7 @@ def section_decode(run: Run) -> dict[str, Any]:
     graph = GenerationSettings(engine="static")
     compiled = GenerationSettings(engine="static", compile=True)
     merged = GenerationSettings(engine="static", merge_adapter=True)
+    merged_compiled = GenerationSettings(engine="static", merge_adapter=True, compile=True)
     tiny = args.tiny
     n_plain, n_eager, n_fast = (8, 8, 16) if tiny else (48, 24, 256)
     b1, b8 = args.decode_batch, args.decode_batch * 8
@@ -435,9 +436,14 @@ def section_decode(run: Run) -> dict[str, Any]:
     slow_cases: list[tuple[str, Any, int, int, bool, bool]] = [
         ("7B+LoRA generate(cache_implementation='static')", hf_static, b1, n_fast // 2, True, False),
         ("7B+LoRA static engine, torch.compile + CUDA graphs", compiled, b1, n_fast, True, True),
+        ("7B+LoRA merged, static engine, torch.compile + CUDA graphs", merged_compiled, b1, n_fast, True, True),
     ]
     if not run.cuda or args.skip_slow_decode:  # a compiled step only pays off with CUDA graphs
         slow_cases = slow_cases[:1] if not args.skip_slow_decode else []
+    if args.cases:  # only the cases whose label contains one of these words
+        wanted = [w.strip() for w in args.cases.split(",")]
+        cases = [c for c in cases + slow_cases if all(w in c[0] for w in wanted)]
+        slow_cases = []
     model = build(run, big, tok, True, dtype, seed=0)
     res["policy_params_b"] = round(n_params(model) / 1e9, 3)
     base = load_policy(model, tok, lora=None)
@@ -464,7 +470,7 @@ def section_decode(run: Run) -> dict[str, Any]:
     del model, base, lora_policy, engines
     run.free()
     # the 1.5B shape: is generate() faster on a model 5x smaller?
-    if not run.over_budget(reserve=40):
+    if not run.over_budget(reserve=40) and not args.cases:
         model = build(run, small, tok, True, dtype, seed=1)
         small_policy = load_policy(model, tok, lora=None)
         small_cases = [("1.5B generate()", plain, n_plain), ("1.5B static engine, CUDA graphs", graph, n_fast)]
@@ -956,6 +962,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="sample through the LoRA adapter (default: generation.merge_adapter=true, a merged copy for sampling)",
     )
     p.add_argument("--skip-slow-decode", action="store_true", help="skip the generate(static) and compile cases")
+    p.add_argument(
+        "--cases", default=None, help="decode: only the cases whose label has all these comma-separated words"
+    )
     p.add_argument("--grpo-steps", type=int, default=1)
     p.add_argument("--sppo-steps", type=int, default=2)
     p.add_argument(
