@@ -29,6 +29,7 @@ step of :class:`~sppo_rl.llm.env.PromptEnv`), so ``num_timesteps`` counts sample
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 import warnings
@@ -70,6 +71,35 @@ from .schedules import check_schedule, make_schedule
 from .updates import update_critic, update_policy
 
 __all__ = ["SPPOTrainer", "build_trainer"]
+
+
+_LATEST_PREFIXES = ("time/iterations", "time/total_timesteps", "time/time_elapsed", "time/fps", "eval/")
+_LATEST_KEYS = ("train/learning_rate", "train/critic_learning_rate")
+
+
+def aggregate_log_window(window: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One logged row from the metrics of the iterations since the previous row.
+
+    A metric is averaged over the iterations that report it, except peaks and extremes (``memory/*``,
+    ``time/peak_memory_mb``, ``*_max``, ``*_min``), which take the maximum or minimum, and counters, clocks,
+    learning rates and ``eval/*`` values, which take the latest.
+
+    :param window: each iteration's metrics, oldest first
+    :return: the row
+    """
+    row: dict[str, float] = {}
+    keys = dict.fromkeys(k for m in window for k in m)
+    for key in keys:
+        values = [float(m[key]) for m in window if key in m]
+        if key.startswith(_LATEST_PREFIXES) or key in _LATEST_KEYS:
+            row[key] = values[-1]
+        elif key.startswith("memory/") or key == "time/peak_memory_mb" or key.endswith("_max"):
+            row[key] = max(values)
+        elif key.endswith("_min"):
+            row[key] = min(values)
+        else:
+            row[key] = sum(values) / len(values)
+    return row
 
 
 class SPPOTrainer:
@@ -220,17 +250,23 @@ class SPPOTrainer:
 
     @classmethod
     def from_config(
-        cls, config: RunConfig, checkpoint: str | None = None, verbose: int = 1, logger: Any = None
+        cls,
+        config: RunConfig | str | os.PathLike[str],
+        checkpoint: str | None = None,
+        verbose: int = 1,
+        logger: Any = None,
     ) -> SPPOTrainer:
         """Build every component of a run and the trainer (what ``sppo-llm train`` does). The state of
         ``checkpoint`` is *not* loaded here (call :meth:`load_checkpoint`); only its saved in-process tokenizers
         are reused, so that token ids match.
 
-        :param config: the run configuration
+        :param config: the run configuration, or the path of its YAML file (as ``sppo-llm train`` reads it)
         :param checkpoint: a checkpoint folder whose saved in-process tokenizers should be reused
         :param verbose: 0 silences stdout logging
         :param logger: an SB3 logger (default: SB3 ``configure(output_dir, train.logger)``)
         """
+        if not isinstance(config, RunConfig):
+            config = RunConfig.from_yaml(os.fspath(config))
         import_user_modules(config.imports)
         dataset = build_dataset(config.data, "train")
         eval_dataset = build_dataset(config.eval_data, "eval") if config.eval_data is not None else None
@@ -489,7 +525,9 @@ class SPPOTrainer:
             ``prompts_per_step x samples_per_prompt``); ``total_timesteps`` is an alias
         :param n_iterations: iterations to run (wins over ``total_steps``)
         :param callback: SB3 callback(s) or ``fn(locals, globals) -> bool``; returning ``False`` stops training
-        :param log_interval: dump the logger every this many iterations (and at the last one)
+        :param log_interval: dump the logger every this many iterations (and at the last one); a row holds the
+            mean of each metric over the iterations since the previous row (as TRL's ``logging_steps``), the peak of
+            the ``memory/*`` ones, and the latest value of counters, clocks, learning rates and evaluations
         :param progress_bar: show a ``tqdm`` progress bar (in responses)
         :param eval_interval: evaluate on ``eval_data`` every this many iterations (logged as ``eval/*``)
         :param save_interval: save a checkpoint to ``save_dir/checkpoint-<iteration>`` every this many iterations
@@ -518,6 +556,7 @@ class SPPOTrainer:
             bar = tqdm(total=n_iterations * per_iter, unit="resp", dynamic_ncols=True)
         start = time.perf_counter()
         start_steps = self.num_timesteps
+        window: list[dict[str, float]] = []  # the iterations since the last logged row
         try:
             for i in range(n_iterations):
                 cb.on_rollout_start()
@@ -537,11 +576,13 @@ class SPPOTrainer:
                 if bar is not None:
                     bar.update(per_iter)
                     bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
+                window.append(metrics)
                 last = i == n_iterations - 1  # the last iteration of a call is always logged
                 if log_interval and (self.iteration % log_interval == 0 or last):
-                    for k, v in metrics.items():
+                    for k, v in aggregate_log_window(window).items():
                         self.logger.record(k, v)
                     self.logger.dump(step=self.num_timesteps)
+                    window = []
                 if save_interval and save_dir and self.iteration % save_interval == 0:
                     self.save(f"{save_dir}/checkpoint-{self.iteration}")
                 if not cb.on_step():
