@@ -567,5 +567,5 @@ def _warn_in_process(name: str, why: str, stacklevel: int) -> None:
         "thread at timeout_s, not stopped; define the function at the top level of an importable module to score it "
         "in worker processes.",
         RewardFailureWarning,
-        stacklevel=stacklevel + 1,
+        stacklevel=stacklevel,
     )
