@@ -28,6 +28,11 @@ def format_reward(completions: list[Any], **kwargs: Any) -> list[float]:
     return [float(t.strip()[:1].isdigit()) for t in texts]
 
 
+def parity_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+    """A deterministic, response-dependent 0/1 reward (so groups have mixed outcomes)."""
+    return [float(sum(map(ord, c)) % 2) for c in completions]
+
+
 def digit_reward(prompts: list[str], completions: list[str], answer: list[str], **kwargs: Any) -> list[float]:
     """1 when the plain-text completion starts with the answer."""
     return [float(c.strip().startswith(a)) for c, a in zip(completions, answer, strict=True)]
