@@ -4,7 +4,7 @@
 
 - a **zygote** is a fresh Python interpreter (``subprocess``: never a fork of this multi-threaded process, never a
   re-run of the user's main script) that receives the functions once, pickled by reference, and imports their
-  modules once; it runs no thread and calls nothing;
+  modules once (and what a verifier's ``preload()`` imports); it runs no thread and calls no function;
 - each **worker** is forked from the zygote (milliseconds, the modules already imported) and answers one call at a
   time over its own pipes. A call that has not returned by its deadline has its worker killed (``SIGKILL``) and a
   new one forked; nothing is left running.
@@ -97,6 +97,9 @@ def zygote_main(fd: int) -> None:
         except Exception as exc:
             functions.append(None)
             unloadable[index] = f"{type(exc).__name__}: {exc}"
+            continue
+        with contextlib.suppress(Exception):  # a failing import fails the calls, loudly, with its own error
+            getattr(functions[-1], "preload", lambda: None)()
     conn.send(("ready", unloadable))
     zygote = os.getpid()
     while True:

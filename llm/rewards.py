@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -243,18 +243,18 @@ class RewardRunner:
         :raises ~sppo_rl.value_heads.OutcomeError: naming the outcome, its range, and the choices
         """
         bounds = self.outcome_range()
-        probe = list(bounds) if bounds is not None else [-1.0, 2.0]
         if bounds is None and self.outcome_index is not None:
             return
+        probe = [-1.0, 2.0] if bounds is None else list(bounds)  # unknown range: does the head restrict any?
         try:
             head.check_outcomes(torch.tensor(probe, dtype=torch.float32))
-        except OutcomeError:
-            head_name = getattr(head, "name", type(head).__name__)
-            where = f"[{bounds[0]:g}, {bounds[1]:g}]" if bounds else "values of unknown range (a function declares "
-            where += "" if bounds else "no reward_range)"
+        except OutcomeError as exc:
+            name = getattr(head, "name", type(head).__name__)
+            why = "it needs outcomes in [0, 1]" if name == "bernoulli" else str(exc)
+            span = f"ranges over [{probe[0]:g}, {probe[1]:g}]" if bounds else "has no known range (no reward_range)"
             raise OutcomeError(
-                f"The critic's {head_name} value head cannot learn {self.describe_outcome()}, which ranges over "
-                f"{where}; the Bernoulli head needs outcomes in [0, 1]. {self._choices()}."
+                f"The critic's {name} value head cannot learn {self.describe_outcome()}, which {span}: {why}. "
+                f"{self._choices()}."
             ) from None
 
     def check_outcomes(self, outcomes: torch.Tensor, head: Any) -> None:
@@ -267,9 +267,9 @@ class RewardRunner:
         try:
             head.check_outcomes(outcomes)
         except OutcomeError as exc:
+            what = self.describe_outcome()
             raise OutcomeError(
-                f"{self.describe_outcome()[0].upper()}{self.describe_outcome()[1:]} gave an outcome the critic cannot "
-                f"learn: {exc} Declare the function's reward_range, or: {self._choices()}."
+                f"{what[0].upper()}{what[1:]} gave an outcome the critic cannot learn: {exc} {self._choices()}."
             ) from None
 
     # ---- scoring --------------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ class RewardRunner:
         self,
         prompts: Sequence[Any],
         completions: Sequence[str],
-        rows: Sequence[Any],
+        rows: Sequence[Mapping[str, Any]],
         completion_ids: Sequence[Sequence[int]] | None = None,
     ) -> ScoredBatch:
         """Score a batch.

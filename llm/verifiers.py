@@ -132,6 +132,10 @@ class Verifier:
         """
         raise NotImplementedError
 
+    def preload(self) -> None:
+        """Import what :meth:`score` needs. A worker pool's zygote calls this once, before it forks the workers,
+        so that no worker pays the import inside a call's time limit. Default: nothing."""
+
     def reference(self, row: Mapping[str, Any]) -> str:
         """The reference answer of ``row``, as a string."""
         if self.answer_column not in row:
@@ -179,6 +183,9 @@ class BoxedMathVerifier(Verifier):
         from math_verify import LatexExtractionConfig
 
         self._answer_config = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)]
+
+    def preload(self) -> None:
+        import math_verify  # noqa: F401
 
     def _timeout(self) -> int | None:
         if not _in_main_thread() or not self.timeout_s:
@@ -308,6 +315,9 @@ class ReasoningGymVerifier(Verifier):
         if extract not in ("answer_tag", "boxed", "raw"):
             raise ValueError(f"Unknown extract mode {extract!r}; choose 'answer_tag', 'boxed' or 'raw'")
         self.extract = extract
+
+    def preload(self) -> None:
+        import reasoning_gym.utils  # noqa: F401
 
     def score(self, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
         from reasoning_gym import get_score_answer_fn
