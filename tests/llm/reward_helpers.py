@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import sys
 import threading
 import time
 from typing import Any
+
+from sppo_rl.llm.verifiers import Verifier, VerifierResult
 
 
 def accuracy_reward(completions: list[Any], solution: list[str], **kwargs: Any) -> list[float | None]:
@@ -81,3 +84,23 @@ def worker_facts(completions: list[str], **kwargs: Any) -> list[float]:
     """The process id (as a float) of whoever calls it; negative when not called in a main thread."""
     sign = 1.0 if threading.current_thread() is threading.main_thread() else -1.0
     return [sign * os.getpid()] * len(completions)
+
+
+def torch_imported(completions: list[str], **kwargs: Any) -> list[float]:
+    """1 when the calling process has imported torch."""
+    return [float("torch" in sys.modules)] * len(completions)
+
+
+class PreloadProbe(Verifier):
+    """Scores 1 when :meth:`preload` ran in this process before the call (a worker inherits it from the zygote)."""
+
+    name = "preload_probe"
+
+    def preload(self) -> None:
+        _PRELOADED.append(True)
+
+    def score(self, prompt: str, completion: str, row: Any) -> VerifierResult:
+        return VerifierResult(float(bool(_PRELOADED)), completion, bool(_PRELOADED))
+
+
+_PRELOADED: list[bool] = []

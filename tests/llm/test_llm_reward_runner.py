@@ -242,6 +242,13 @@ def test_the_pool_lives_for_the_run_and_is_closed() -> None:
     assert _children() == children
 
 
+def test_workers_import_only_what_scoring_needs() -> None:
+    with RewardRunner([rh.torch_imported, rh.PreloadProbe()], outcome="torch_imported", workers=2) as runner:
+        out = runner.score(["p"] * 2, ["a", "b"], [{}] * 2)
+    assert out.per_function == {"torch_imported": [0.0, 0.0], "preload_probe": [1.0, 1.0]}
+    assert RewardRunner(rh.PreloadProbe(), workers=0).score(["p"], ["a"], [{}]).outcomes == [0.0]  # in-process
+
+
 def test_functions_that_cannot_go_to_a_worker_run_in_process(tmp_path: Any, monkeypatch: Any) -> None:
     def closure(completions: list[str], **kw: Any) -> list[float]:
         time.sleep(5 if "slow" in completions else 0)
