@@ -155,6 +155,9 @@ def resolve_rewards(
         :class:`~sppo_rl.llm.rewards.RewardRunner`)
     :raises ValueError: no reward at all
     """
+    if (reward is None or isinstance(reward, RewardRunner)) and (weights is not None or outcome is not None):
+        where = "the RewardRunner given as reward" if reward is not None else "the PromptEnv's rewards"
+        raise ValueError(f"reward_weights and reward_outcome apply to reward functions; set them on {where} instead")
     if reward is None:
         if env is None:
             raise ValueError("No reward: pass reward=... (a verifier or a reward function) or a PromptEnv")

@@ -118,7 +118,11 @@ class SPPOTrainer:
     :param eval_data: held-out prompts for :meth:`evaluate`
     :param tokenizer: the tokenizer of an in-memory policy
     :param critic_tokenizer: the tokenizer of an in-memory critic model
-    :param reward_timeout_s: verifier timeout when ``reward`` is not a runner
+    :param reward_timeout_s: seconds a reward call on one worker's slice of the batch may take when ``reward`` is
+        not a runner (a stuck call is killed)
+    :param reward_weights: one weight per reward function (TRL's ``reward_weights``) when ``reward`` is not a runner
+    :param reward_outcome: what the critic learns with several rewards or rewards outside [0, 1]: a function's name,
+        a threshold on the weighted sum, or ``None`` for the sum (see :class:`~sppo_rl.llm.rewards.RewardRunner`)
     :param logger: an SB3 ``Logger`` (default: one built from ``log_dir``/``logger_formats``/``verbose``)
     :param log_dir: folder of the file loggers
     :param logger_formats: local outputs (:data:`sppo_rl.llm.run_logs.FORMATS`), e.g. ``["compact", "csv"]``
@@ -143,7 +147,9 @@ class SPPOTrainer:
         eval_data: Any = None,
         tokenizer: Any = None,
         critic_tokenizer: Any = None,
-        reward_timeout_s: float | None = 10.0,
+        reward_timeout_s: float | None = 30.0,
+        reward_weights: Sequence[float] | None = None,
+        reward_outcome: str | float | None = None,
         logger: Any = None,
         log_dir: str | None = None,
         logger_formats: list[str] | None = None,
@@ -177,7 +183,9 @@ class SPPOTrainer:
         # data and rewards
         self.env, self.dataset = resolve_train_data(train_data)
         self.eval_dataset: PromptDataset | None = load_prompt_dataset(eval_data) if eval_data is not None else None
-        self.rewards = resolve_rewards(reward, self.env, reward_timeout_s)
+        self.rewards = resolve_rewards(
+            reward, self.env, reward_timeout_s, weights=reward_weights, outcome=reward_outcome
+        )
 
         # models (seeded: a LoRA adapter's initial weights come from the global random state)
         _seed_global(cfg.seed)
@@ -657,8 +665,9 @@ class SPPOTrainer:
         )
 
     def close(self) -> None:
-        """Finish the run's outputs (trackers end their runs)."""
+        """Finish the run: trackers end their runs and the reward worker processes stop."""
         self.run_log.close()
+        self.rewards.close()
 
     def save(self, path: str) -> str:
         """Save adapter, critic, optimizers, RNG and counters to folder ``path`` (see

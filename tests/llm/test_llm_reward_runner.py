@@ -338,3 +338,28 @@ def test_trainer_with_trl_rewards_on_a_conversational_dataset(make_policy: Any) 
     assert metrics["rewards/accuracy_reward/mean"] == sum(accuracy) / 4
     assert "rewards/format_reward/std" in metrics and metrics["rollout/reward_failures"] == 0.0
     rewards.close()
+
+
+def test_trainer_keywords_reward_weights_and_outcome(make_policy: Any) -> None:
+    """TRL's ``reward_weights`` and the critic's outcome as trainer keywords; ``close()`` stops the workers."""
+    from sppo_rl.llm.config import GenerationSettings
+    from sppo_rl.llm.trainer import SPPOTrainer
+
+    rows = [{"prompt": [{"role": "user", "content": f"Repeat: {d}"}], "solution": str(d)} for d in range(8)]
+    opts = {**TRAIN_OPTS, "generation": GenerationSettings(temperature=1.0, max_new_tokens=3)}
+    funcs = [rh.accuracy_reward, rh.format_reward]
+    trainer = SPPOTrainer(
+        make_policy(), rows, funcs, critic="shared", reward_weights=[1.0, 0.5], reward_outcome="accuracy_reward", **opts
+    )
+    assert trainer.rewards.weights == [1.0, 0.5] and trainer.rewards.outcome == "accuracy_reward"
+    trainer.learn(n_iterations=1)
+    assert trainer.last_batch is not None
+    assert trainer.last_batch.outcomes.tolist() == [
+        float(x or 0.0) for x in trainer.last_batch.scored.per_function["accuracy_reward"]
+    ]
+    trainer.close()
+    assert trainer.rewards.worker_pids == []
+    with pytest.raises(ValueError, match="set them on the RewardRunner given as reward"):
+        SPPOTrainer(
+            make_policy(), rows, RewardRunner(funcs, outcome=0.5), critic="shared", reward_weights=[1, 1], **opts
+        )
