@@ -23,7 +23,7 @@ import torch as th
 
 from sppo_rl.buffers import EpisodeRolloutBuffer
 from sppo_rl.objectives import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, AdvantageEstimator, get_advantage_estimator
-from sppo_rl.value_heads import ValueHead, resolve_value_head_name
+from sppo_rl.value_heads import VALUE_HEADS, ValueHead
 
 __all__ = [
     "ARGUMENT_CHECKS",
@@ -146,8 +146,9 @@ def _device(name: str, value: Any) -> None:
 
 def _value_head(name: str, value: Any) -> None:
     if isinstance(value, str):
-        if value != "auto":
-            resolve_value_head_name(value)
+        if value != "auto" and value not in VALUE_HEADS:
+            known = ", ".join(repr(k) for k in VALUE_HEADS)
+            raise ValueError(f"Unknown {name} {value!r}; choose one of {known}, 'auto', or a ValueHead subclass")
     elif not (isinstance(value, ValueHead) or (isinstance(value, type) and issubclass(value, ValueHead))):
         raise TypeError(f"{name} must be a name, a ValueHead subclass or instance, got {value!r}")
 
@@ -160,6 +161,9 @@ def _outcome(name: str, value: Any) -> None:
 def _advantage_estimator(name: str, value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be the name of a registered estimator, got {value!r}")
+    if value not in ADVANTAGE_ESTIMATORS:
+        known = ", ".join(repr(e) for e in sorted(ADVANTAGE_ESTIMATORS))
+        raise ValueError(f"Unknown {name} {value!r}; registered estimators: {known}")
     estimator = get_advantage_estimator(value)
     if not usable_for_control(estimator):
         usable = ", ".join(repr(e.name) for e in ADVANTAGE_ESTIMATORS.values() if usable_for_control(e))
@@ -230,7 +234,10 @@ def check_arguments(values: Mapping[str, Any]) -> None:
             check(name, value)
     if "advantage_estimator" in values and values.get("advantage_estimator_kwargs") is not None:
         estimator = get_advantage_estimator(values["advantage_estimator"])
-        estimator.check_options(dict(values["advantage_estimator_kwargs"]))
+        try:
+            estimator.check_options(dict(values["advantage_estimator_kwargs"]))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"advantage_estimator_kwargs: {err}") from err
 
 
 # ---- PPO's keywords -------------------------------------------------------------------------------------------

@@ -38,8 +38,9 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance, ob
 from stable_baselines3.common.vec_env import VecEnv
 
 from sppo_rl.arguments import PPO_KEYWORDS, check_arguments, check_ppo_keywords
-from sppo_rl.buffers import EpisodeRolloutBuffer, first_non_finite
+from sppo_rl.buffers import EpisodeMinibatch, EpisodeRolloutBuffer, first_non_finite
 from sppo_rl.objectives import (
+    PolicyLossOutput,
     aggregate_loss,
     clipped_policy_loss,
     get_advantage_estimator,
@@ -90,7 +91,8 @@ class SPPO(OnPolicyAlgorithm):
     :param n_episodes: if set, collect until at least this many episodes have ended instead of ``n_steps``
     :param batch_episodes: number of whole episodes per minibatch
     :param n_epochs: passes over the rollout per update
-    :param clip_range: PPO clip range ``eps`` (float or schedule); the lower bound with ``clip_range_high``
+    :param clip_range: PPO clip range ``eps`` (float or schedule); the lower bound with ``clip_range_high``. A
+        schedule that reaches 0 (linear to 0) makes the last updates train the critic only (no policy change)
     :param clip_range_high: upper clip range for an asymmetric clip ``[1 - eps, 1 + eps_high]``; ``None``: same
     :param dual_clip: dual-clip constant for negative advantages (the SPPO reference uses 3.0), ``None``: off
     :param log_ratio_clamp: clamp of the log-ratio before the exponential (reference: 20), ``None``: off
@@ -470,6 +472,9 @@ class SPPO(OnPolicyAlgorithm):
         critic_lr = self.critic_lr_schedule(progress)
         update_learning_rate(self.policy.critic_optimizer, critic_lr)
         clip_range = float(self.clip_range(progress))  # type: ignore[operator]
+        # A clip-range schedule that has reached 0 (e.g. linear to 0, at the end of training) allows no change of
+        # the policy, PPO's limit for eps -> 0: the update then trains the critic only.
+        train_actor = clip_range > 0.0
 
         buffer = self.rollout_buffer
         if not buffer.finalized:  # collect_rollouts finalizes; a buffer filled by hand may not be
@@ -489,51 +494,38 @@ class SPPO(OnPolicyAlgorithm):
 
         actor_params, critic_params = self.policy.actor_parameters(), self.policy.critic_parameters()
         actor_optimizer, critic_optimizer = self.policy.optimizer, self.policy.critic_optimizer
-        # "token-mean" is a mean over the flat steps: no padded (episodes x steps) layout is needed
-        flat = self.loss_agg_mode == "token-mean"
         # the statistics stay tensors until the end of the update (one synchronisation, not one per minibatch)
         pg_losses, value_losses, entropy_losses, clip_fractions, approx_kls = [], [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
             for batch in buffer.iter_minibatches(self.batch_episodes):
-                value_loss = critic.loss(batch.start_observations, batch.outcomes)
-                log_prob, entropy = self.policy.log_prob_and_entropy(batch.observations, batch.actions)
-                mask = None if flat else batch.mask
-                pad = (lambda x: x) if flat else batch.to_padded
-                policy_out = clipped_policy_loss(
-                    pad(log_prob),
-                    pad(batch.old_log_probs),
-                    pad(batch.step_advantages),
-                    mask,
-                    clip_range=clip_range,
-                    clip_range_high=self.clip_range_high,
-                    dual_clip=self.dual_clip,
-                    log_ratio_clamp=self.log_ratio_clamp,
-                    loss_agg_mode=self.loss_agg_mode,
-                )
-                entropy_loss = -aggregate_loss(pad(entropy), mask, self.loss_agg_mode)
-                approx_kls.append(policy_out.approx_kl)
-                if self.target_kl is not None and float(policy_out.approx_kl) > 1.5 * self.target_kl:
-                    continue_training = False
-                    if self.verbose >= 1:
-                        print(f"Early stopping at epoch {epoch} due to reaching max kl: {float(approx_kls[-1]):.3f}")
-                    break
+                loss = value_loss = critic.loss(batch.start_observations, batch.outcomes)
+                if train_actor:
+                    policy_out, entropy_loss = self._actor_loss(batch, clip_range)
+                    approx_kls.append(policy_out.approx_kl)
+                    if self.target_kl is not None and float(policy_out.approx_kl) > 1.5 * self.target_kl:
+                        continue_training = False
+                        if self.verbose >= 1:
+                            kl = float(policy_out.approx_kl)
+                            print(f"Early stopping at epoch {epoch} due to reaching max kl: {kl:.3f}")
+                        break
+                    loss = loss + policy_out.loss
+                    if self.ent_coef != 0.0:  # else the entropy is only logged: no backward pass through it
+                        loss = loss + self.ent_coef * entropy_loss
+                    pg_losses.append(policy_out.loss.detach())
+                    entropy_losses.append(entropy_loss.detach())
+                    clip_fractions.append(policy_out.clip_fraction)
                 # The actor and critic graphs are disjoint: one backward pass fills both sets of gradients,
                 # then each network is clipped and stepped by its own optimizer.
                 actor_optimizer.zero_grad()
                 critic_optimizer.zero_grad()
-                loss = policy_out.loss + value_loss
-                if self.ent_coef != 0.0:  # else the entropy is only logged: no backward pass through it
-                    loss = loss + self.ent_coef * entropy_loss
                 loss.backward()
                 th.nn.utils.clip_grad_norm_(critic_params, self.max_grad_norm)
-                th.nn.utils.clip_grad_norm_(actor_params, self.max_grad_norm)
                 critic_optimizer.step()
-                actor_optimizer.step()
+                if train_actor:
+                    th.nn.utils.clip_grad_norm_(actor_params, self.max_grad_norm)
+                    actor_optimizer.step()
                 value_losses.append(value_loss.detach())
-                pg_losses.append(policy_out.loss.detach())
-                entropy_losses.append(entropy_loss.detach())
-                clip_fractions.append(policy_out.clip_fraction)
             self._n_updates += 1
             if not continue_training:
                 break
@@ -556,6 +548,28 @@ class SPPO(OnPolicyAlgorithm):
         self.logger.record("train/clip_range", clip_range)
         self.logger.record("train/critic_learning_rate", critic_lr)
         self.logger.record("train/steps", buffer.n_steps_total)
+
+    def _actor_loss(self, batch: EpisodeMinibatch, clip_range: float) -> tuple[PolicyLossOutput, th.Tensor]:
+        """The clipped policy loss of a minibatch and its entropy loss (``-`` the aggregated entropy)."""
+        log_prob, entropy = self.policy.log_prob_and_entropy(batch.observations, batch.actions)
+        old_log_prob, advantages, mask = batch.old_log_probs, batch.step_advantages, None
+        if self.loss_agg_mode != "token-mean":  # the flat steps suffice for a token mean; the others need padding
+            log_prob, old_log_prob, advantages, entropy = map(
+                batch.to_padded, (log_prob, old_log_prob, advantages, entropy)
+            )
+            mask = batch.mask
+        policy_out = clipped_policy_loss(
+            log_prob,
+            old_log_prob,
+            advantages,
+            mask,
+            clip_range=clip_range,
+            clip_range_high=self.clip_range_high,
+            dual_clip=self.dual_clip,
+            log_ratio_clamp=self.log_ratio_clamp,
+            loss_agg_mode=self.loss_agg_mode,
+        )
+        return policy_out, -aggregate_loss(entropy, mask, self.loss_agg_mode)
 
     def learn(
         self: SelfSPPO,
