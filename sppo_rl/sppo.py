@@ -142,8 +142,9 @@ class SPPO(OnPolicyAlgorithm):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
-    ppo_only_keywords: ClassVar[frozenset[str]] = frozenset(PPO_KEYWORDS)
-    """Keywords taken only so that a call written for PPO works (warned about or refused; see docs/sppo.md)."""
+    ppo_only_keywords: ClassVar[dict[str, str]] = {name: keyword.reason for name, keyword in PPO_KEYWORDS.items()}
+    """Keywords taken only so that a call written for PPO works (warned about or refused), with what SPPO does
+    instead (see docs/sppo.md, "Coming from PPO")."""
     policy: SPPOPolicy
     rollout_buffer: EpisodeRolloutBuffer  # type: ignore[assignment]
 
