@@ -402,8 +402,9 @@ class SPPO(OnPolicyAlgorithm):
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 try:
                     actions_t, log_probs_t = policy.sample_actions(obs_tensor)
-                except RuntimeError:  # e.g. torch.multinomial on the NaN logits of a NaN observation
+                except RuntimeError:  # torch.multinomial on NaN logits: a NaN observation or diverged weights
                     self._raise_if_non_finite(self._last_obs, n_vector_steps)  # type: ignore[arg-type]
+                    self._raise_if_diverged()
                     raise
             actions = actions_t.numpy() if on_cpu else actions_t.cpu().numpy()
             log_probs = log_probs_t.numpy() if on_cpu else log_probs_t.cpu().numpy()
@@ -452,6 +453,14 @@ class SPPO(OnPolicyAlgorithm):
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    def _raise_if_diverged(self) -> None:
+        for name, parameter in self.policy.named_parameters():
+            if not th.isfinite(parameter).all():
+                raise RuntimeError(
+                    f"The policy's parameter {name} is not finite: training diverged at an update (try a lower "
+                    "learning_rate or max_grad_norm, or check the rewards)"
+                )
 
     def _raise_if_non_finite(self, obs: np.ndarray | dict[str, np.ndarray], step: int) -> None:
         bad = first_non_finite(obs, n_leading=1)

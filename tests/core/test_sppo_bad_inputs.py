@@ -294,3 +294,9 @@ def test_any_constructor_arguments_train_one_update_or_name_a_bad_one(valid, inv
     for name, parameter in model.policy.named_parameters():
         assert th.isfinite(parameter).all(), f"{name} is not finite after one update with {valid}"
     assert math.isfinite(model.logger.name_to_value["train/value_loss"])
+
+
+def test_diverged_weights_are_named_at_the_next_rollout():
+    model = SPPO("MlpPolicy", _env(), learning_rate=1e38, **SMALL)  # valid, but the weights overflow at once
+    with pytest.raises(RuntimeError, match=r"The policy's parameter .* is not finite: training diverged"):
+        model.learn(200)
