@@ -138,6 +138,12 @@ class EpisodeRolloutBuffer:
     :param device: device of the tensors handed out
     """
 
+    episode_begin: np.ndarray
+    """``(n_envs,)``: the vector step at which each environment's open episode began."""
+    recording: np.ndarray
+    """``(n_envs,)`` bool: whether each environment's open episode is recorded (set right after
+    :meth:`end_episode`; an episode that is not recorded is dropped when it ends)."""
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -163,9 +169,7 @@ class EpisodeRolloutBuffer:
         self._actions: list[np.ndarray] = []
         self._log_probs: list[np.ndarray] = []
         self.episode_begin = np.zeros(self.n_envs, dtype=np.int64)
-        """Per env: the vector step at which its open episode began."""
         self.recording = np.ones(self.n_envs, dtype=bool)
-        """Per env: whether its open episode is recorded (set it right after :meth:`end_episode`)."""
         # closed recorded episodes: (env index, first vector step, length, outcome)
         self._closed: list[tuple[int, int, int, float]] = []
         self.finalized = False

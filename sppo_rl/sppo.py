@@ -279,7 +279,8 @@ class SPPO(OnPolicyAlgorithm):
             raise TypeError(f"SPPO needs an SPPOPolicy, got {type(self.policy).__name__}")
         self.policy = self.policy.to(self.device)
         update_learning_rate(self.policy.critic_optimizer, self.critic_lr_schedule(1.0))
-        buffer_class: type[EpisodeRolloutBuffer] = self.rollout_buffer_class  # type: ignore[assignment]
+        # None in files saved before SPPO took rollout_buffer_class
+        buffer_class: type[EpisodeRolloutBuffer] = self.rollout_buffer_class or EpisodeRolloutBuffer  # type: ignore[assignment]
         self.rollout_buffer = buffer_class(
             self.observation_space, self.action_space, self.n_envs, device=self.device, **self.rollout_buffer_kwargs
         )
