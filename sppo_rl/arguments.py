@@ -148,7 +148,9 @@ def _value_head(name: str, value: Any) -> None:
     if isinstance(value, str):
         if value != "auto" and value not in VALUE_HEADS:
             known = ", ".join(repr(k) for k in VALUE_HEADS)
-            raise ValueError(f"Unknown {name} {value!r}; choose one of {known}, 'auto', or a ValueHead subclass")
+            raise ValueError(
+                f"Unknown value head {value!r} ({name}); choose one of {known}, 'auto', or a ValueHead subclass"
+            )
     elif not (isinstance(value, ValueHead) or (isinstance(value, type) and issubclass(value, ValueHead))):
         raise TypeError(f"{name} must be a name, a ValueHead subclass or instance, got {value!r}")
 
@@ -163,7 +165,7 @@ def _advantage_estimator(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be the name of a registered estimator, got {value!r}")
     if value not in ADVANTAGE_ESTIMATORS:
         known = ", ".join(repr(e) for e in sorted(ADVANTAGE_ESTIMATORS))
-        raise ValueError(f"Unknown {name} {value!r}; registered estimators: {known}")
+        raise ValueError(f"Unknown advantage estimator {value!r} ({name}); registered: {known}")
     estimator = get_advantage_estimator(value)
     if not usable_for_control(estimator):
         usable = ", ".join(repr(e.name) for e in ADVANTAGE_ESTIMATORS.values() if usable_for_control(e))

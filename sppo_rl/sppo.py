@@ -504,6 +504,7 @@ class SPPO(OnPolicyAlgorithm):
         critic.head.update_statistics(outcomes)
 
         actor_params, critic_params = self.policy.actor_parameters(), self.policy.critic_parameters()
+        all_params, max_grad_norm = actor_params + critic_params, self.max_grad_norm
         actor_optimizer, critic_optimizer = self.policy.optimizer, self.policy.critic_optimizer
         # the statistics stay tensors until the end of the update (one synchronisation, not one per minibatch)
         pg_losses, value_losses, entropy_losses, clip_fractions, approx_kls = [], [], [], [], []
@@ -528,13 +529,12 @@ class SPPO(OnPolicyAlgorithm):
                     clip_fractions.append(policy_out.clip_fraction)
                 # The actor and critic graphs are disjoint: one backward pass fills both sets of gradients,
                 # then each network is clipped and stepped by its own optimizer.
-                actor_optimizer.zero_grad()
-                critic_optimizer.zero_grad()
+                for parameter in all_params:  # zero_grad of both optimizers, without their per-call overhead
+                    parameter.grad = None
                 loss.backward()
-                th.nn.utils.clip_grad_norm_(critic_params, self.max_grad_norm)
+                _clip_grad_norms_((critic_params, actor_params) if train_actor else (critic_params,), max_grad_norm)
                 critic_optimizer.step()
                 if train_actor:
-                    th.nn.utils.clip_grad_norm_(actor_params, self.max_grad_norm)
                     actor_optimizer.step()
                 value_losses.append(value_loss.detach())
             self._n_updates += 1
@@ -730,3 +730,19 @@ def _check_same_policy_kwargs(given: dict[str, Any], stored: dict[str, Any]) -> 
         raise ValueError(
             f"The policy_kwargs given to load differ from the model's in {differ}: given {given}, stored {stored}"
         )
+
+
+def _clip_grad_norms_(groups: tuple[list[th.nn.Parameter], ...], max_norm: float) -> None:
+    """``th.nn.utils.clip_grad_norm_(group, max_norm)`` on each group, with one norm kernel for all the groups.
+
+    The same formula: the gradients of a group are scaled by ``min(max_norm / (norm + 1e-6), 1)``, ``norm`` the
+    2-norm of the group's gradients; about half the time of one call per group on small networks.
+    """
+    grads = [[p.grad for p in group if p.grad is not None] for group in groups]
+    norms = th._foreach_norm([g for group in grads for g in group])
+    first = 0
+    for group in grads:
+        if group:
+            total = th.linalg.vector_norm(th.stack(norms[first : first + len(group)]))
+            th._foreach_mul_(group, th.clamp(max_norm / (total + 1e-6), max=1.0))
+        first += len(group)

@@ -64,7 +64,7 @@ def _env():
         ({"seed": 1.5}, TypeError, r"seed must be an integer"),
         ({"device": "gpu0"}, ValueError, r"device 'gpu0' is not a torch device"),
         ({"policy_kwargs": [("net_arch", [8])]}, TypeError, r"policy_kwargs must be a dict"),
-        ({"advantage_estimator": "nope"}, ValueError, r"Unknown advantage_estimator 'nope'"),
+        ({"advantage_estimator": "nope"}, ValueError, r"Unknown advantage estimator 'nope' \(advantage_estimator\)"),
         ({"advantage_estimator": "ema", "advantage_estimator_kwargs": {"bogus": 1}}, ValueError,
          r"advantage_estimator_kwargs: The 'ema' estimator does not accept"),
         ({"value_head": 3}, TypeError, r"value_head must be a name"),
