@@ -399,7 +399,7 @@ class SPPO(OnPolicyAlgorithm):
         callback.on_rollout_start()
 
         while not (threshold_reached and not rollout_buffer.recording.any()):
-            with th.inference_mode():
+            with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 try:
                     actions_t, log_probs_t = policy.sample_actions(obs_tensor)
