@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -206,6 +207,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/control_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load_before = os.getloadavg()  # a shared machine: the load says how much the other processes took
 
     runs: list[Run] = []
     orders = [("ppo", "sppo", "random"), ("sppo", "random", "ppo"), ("random", "ppo", "sppo")]
@@ -237,6 +239,7 @@ def main() -> None:
         "benchmark": "control_throughput",
         "machine": machine_info(),
         "settings": {**vars(args), "rollout_steps": ROLLOUT_STEPS, "ppo_batch_size": PPO_BATCH, "torch_threads": 1},
+        "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()},
         "summary_wall": rows,
         "summary_cpu": summarize(runs, "cpu"),
         "runs": [asdict(r) for r in runs],
