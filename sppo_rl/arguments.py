@@ -2,7 +2,7 @@
 
 :func:`check_arguments` is the one validation function of :class:`~sppo_rl.SPPO`: it runs when the model is built
 (and on the values given to ``SPPO.load``), so a bad value is refused before anything is trained, by a
-``TypeError`` (wrong type) or ``ValueError`` (wrong value) whose message starts with the argument's name.
+``TypeError`` (wrong type) or ``ValueError`` (wrong value) whose message names the argument.
 Schedules are called at the start of training (progress 1.0) and, for learning rates, at its end (0.0).
 
 :data:`PPO_KEYWORDS` lists the keywords of SB3's ``PPO`` that SPPO accepts without using them, or refuses, with
