@@ -6,7 +6,7 @@ EXTRAS ?= all
 # The CPU wheel of torch must be installed before the package: a plain `torch` pulls GBs of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test test-all lint clean real-lm test-verl docs docs-check dist
+.PHONY: venv demo test test-all lint clean real-lm test-verl docs docs-check dist test-wheel
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,11 +64,16 @@ docs: venv
 docs-check: docs
 	$(PY) tools/check_site.py site --out site-check
 
-# The sdist and the wheel into dist/, checked with twine (tests/test_packaging.py installs the wheel).
+# The sdist and the wheel into dist/, checked with twine.
 dist: venv
 	rm -rf dist
 	$(PY) -m build --no-isolation
 	$(VENV)/bin/twine check --strict dist/*
+
+# Builds both again in a temporary folder and installs the wheel into a fresh venv outside the repository, which
+# runs sppo-zoo and sppo-llm (tests/test_packaging.py; pip needs the package index).
+test-wheel: venv
+	$(PY) -m pytest tests/test_packaging.py -q --timeout=1800
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) build dist site site-check *.egg-info .pytest_cache
