@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
+
 log = logging.getLogger("mkdocs.hooks.sppo_rl")
 
 API_TREE = Path("build") / "docs-api"
@@ -54,6 +56,7 @@ def _mark_sections(items: list[Any]) -> None:
             _mark_sections(item)
 
 
+@event_priority(100)  # before mkdocstrings reads its search paths: build/docs-api must exist by then
 def on_config(config: Any) -> Any:
     lay_out_api_tree(Path(config["config_file_path"]).parent)
     _sections.clear()
