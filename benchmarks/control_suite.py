@@ -1,11 +1,12 @@
 """The five-task control reproduction (expert -> behaviour cloning -> SPPO vs PPO), or its report.
 
 Runs ``sppo-zoo suite`` (:func:`sppo_rl.zoo.control_suite.run_suite`) for each task of the paper's control
-suite with three seeds and all three stage-3 algorithms, then prints one Markdown table per task and writes
+suite with five seeds and four stage-3 algorithms (SPPO, PPO with gamma = lambda = 1, PPO with SB3's defaults,
+and SPPO's update with the moving-average baseline ``ema``), then prints one Markdown table per task and writes
 ``<out>/control_suite.json`` (all summaries), ``<out>/<task>.png`` (the success curves) and
 ``<out>/<task>.curves.json`` (the outcome of every training episode of every run).
 
-    python benchmarks/control_suite.py --jobs 2                     # everything (about 2 h on 2 cores)
+    python benchmarks/control_suite.py --jobs 2                     # everything (about 4 h on 2 cores)
     python benchmarks/control_suite.py --tasks SparseMountainCar-v0 --jobs 16
     python benchmarks/control_suite.py --report-only                # tables from finished runs
 
@@ -27,8 +28,8 @@ def main() -> None:
     """Run the selected tasks (or only report on finished runs) and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=paper_ids(), help="sparse ids (default: the paper's five)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--algos", nargs="+", default=["sppo", "ppo", "ppo-sb3"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--algos", nargs="+", default=["sppo", "ppo", "ppo-sb3", "ema"])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", default="benchmarks/out/control_suite", help="per-task run folders")
     parser.add_argument("--out", default="docs/results/control_suite", help="combined JSON and PNGs")

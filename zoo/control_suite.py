@@ -1,6 +1,6 @@
 """Run the three-stage control protocol (:mod:`sppo_rl.zoo.protocol`) for one task and write its results.
 
-``sppo-zoo suite --env SparseMountainCar-v0 --algos sppo ppo ppo-sb3 --seeds 0 1 2 --jobs 2`` calls
+``sppo-zoo suite --env SparseMountainCar-v0 --algos sppo ppo ppo-sb3 ema --seeds 0 1 2 3 4 --jobs 2`` calls
 :func:`run_suite`, which
 
 1. gets the start policy: the committed ``zoo/start_policies/<env id>.pt`` when there is one (and
@@ -10,7 +10,8 @@
 3. writes ``<out>/<env id>/`` ``curves.json`` (the outcome of every training episode of every run),
    ``summary.json`` (the table below, the settings, versions and wall-clock time) and ``success.png``
    (success rate against episodes, mean and min-max band over seeds), and prints the table: start success,
-   final success, episodes to reach 50% and 80% success.
+   final success, episodes to reach 50% and 80% success, and for the algorithms with a sequence critic its
+   calibration on held-out start states (:func:`~sppo_rl.zoo.protocol.measure_calibration`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class SuiteSettings:
     """What :func:`run_suite` does.
 
     :param env_id: a sparse task of ``zoo/suite.yml``
-    :param algos: stage-3 algorithms (``sppo``, ``ppo``, ``ppo-sb3``)
+    :param algos: stage-3 algorithms (``sppo``, ``ppo``, ``ppo-sb3``, ``ema``, ``batch-mean``)
     :param seeds: one run per algorithm and seed
     :param out_dir: results go to ``<out_dir>/<env_id>/``
     :param jobs: parallel processes for stage 3
@@ -56,8 +57,8 @@ class SuiteSettings:
     """
 
     env_id: str
-    algos: Sequence[str] = ("sppo", "ppo", "ppo-sb3")
-    seeds: Sequence[int] = (0, 1, 2)
+    algos: Sequence[str] = ("sppo", "ppo", "ppo-sb3", "ema")
+    seeds: Sequence[int] = (0, 1, 2, 3, 4)
     out_dir: str | Path = "logs/suite"
     jobs: int = 1
     episodes: int | None = None
@@ -180,12 +181,24 @@ def _fmt(value: float | None, pattern: str = "{:.0f}") -> str:
     return "never" if value is None else pattern.format(value)
 
 
+def _spread(stat: dict[str, Any] | None, pattern: str = "{:.3f}") -> str:
+    """``mean [min, max]`` of a summarised score, or ``n/a``."""
+    if stat is None or stat["mean"] is None:
+        return "n/a"
+    return f"{pattern.format(stat['mean'])} [{pattern.format(stat['min'])}, {pattern.format(stat['max'])}]"
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The summary rows of :func:`~sppo_rl.zoo.protocol.summarize` as a Markdown table."""
+    """The summary rows of :func:`~sppo_rl.zoo.protocol.summarize` as a Markdown table.
+
+    The calibration columns (the final critic ``V(s0)`` on held-out start states: Brier score, and Brier skill
+    score against the constant predictor) read ``n/a`` for algorithms without a sequence critic.
+    """
     lines = [
         "| algorithm | seeds | start success | first-window success | final success (mean [min, max]) "
-        "| episodes to 50% | episodes to 80% | minutes per run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| episodes to 50% | episodes to 80% | critic Brier (mean [min, max]) | critic BSS vs constant "
+        "| minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         reach = []
@@ -194,12 +207,27 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             reached = sum(h is not None for h in per_seed)
             text = _fmt(median) if median is not None else f"{reached}/{len(per_seed)} seeds"
             reach.append(f"{text} ({', '.join(_fmt(h) for h in per_seed)})")
+        calibration = row.get("calibration")
+        brier = _spread(calibration["brier"]) if calibration else "n/a"
+        bss = _spread(calibration["bss"], "{:+.2f}") if calibration else "n/a"
         lines.append(
             f"| {row['algo']} | {len(row['seeds'])} | {row['start_success']:.2f} | {row['first_window_mean']:.2f} "
             f"| {row['final_success_mean']:.2f} [{row['final_success_min']:.2f}, {row['final_success_max']:.2f}] "
-            f"| {reach[0]} | {reach[1]} | {row['seconds_mean'] / 60:.1f} |"
+            f"| {reach[0]} | {reach[1]} | {brier} | {bss} | {row['seconds_mean'] / 60:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _calibration_note(run: Any) -> str:
+    """``, critic Brier ... (BSS ...)`` for a run whose critic was scored, else an empty string."""
+    calibration = run.calibration
+    if calibration is None:
+        return ""
+    bss = calibration["bss"]
+    return (
+        f", critic Brier {calibration['brier']:.3f} (BSS vs constant {_fmt(bss, '{:+.2f}')}; "
+        f"{calibration['seconds']:.0f} s to measure)"
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -277,12 +305,12 @@ def _run_stages(
     if settings.jobs == 1:
         for job in jobs:
             runs.append(_stage3(job))
-            _log(settings, f"  {job[0]} seed {job[3]}: done in {runs[-1].seconds:.0f} s")
+            _log(settings, f"  {job[0]} seed {job[3]}: done in {runs[-1].seconds:.0f} s{_calibration_note(runs[-1])}")
     else:
         with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=get_context("spawn")) as pool:
             for job, run in zip(jobs, pool.map(_stage3, jobs), strict=True):
                 runs.append(run)
-                _log(settings, f"  {job[0]} seed {job[3]}: done in {run.seconds:.0f} s")
+                _log(settings, f"  {job[0]} seed {job[3]}: done in {run.seconds:.0f} s{_calibration_note(run)}")
     wall = time.perf_counter() - wall0
 
     rows = protocol.summarize(runs, float(meta["start_success"]), window)
@@ -301,6 +329,7 @@ def _run_stages(
                 "seconds": r.seconds,
                 "timesteps": r.timesteps,
                 "successes": [int(s) for s in r.successes],
+                "calibration": r.calibration,
             }
             for r in runs
         ],
