@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from sppo_rl.envs import paper_ids
+from sppo_rl.zoo.control_suite import runs_from_curves
 from sppo_rl.zoo.protocol import RLRun, episodes_to_reach, final_tail
 
 SHORT = {
@@ -44,13 +45,7 @@ def load_runs(path: Path) -> tuple[dict[str, Any], list[RLRun]]:
     :return: the file's content and its runs as :class:`RLRun` objects (with their calibration)
     """
     data = json.loads(path.read_text())
-    runs = [
-        RLRun(
-            r["algo"], r["seed"], [float(s) for s in r["successes"]], r["seconds"], r["timesteps"], r.get("calibration")
-        )
-        for r in data["runs"]
-    ]
-    return data, runs
+    return data, runs_from_curves(data)
 
 
 def _stats(values: list[float]) -> dict[str, float]:

@@ -33,7 +33,16 @@ import numpy as np
 from .errors import ZooError
 from .runs import folder_removed_on_failure
 
-__all__ = ["SuiteSettings", "format_table", "plot_curves", "prepare_start_policy", "run_suite"]
+__all__ = [
+    "SuiteSettings",
+    "format_table",
+    "merge_results",
+    "plot_curves",
+    "prepare_start_policy",
+    "run_suite",
+    "runs_from_curves",
+    "summary_rows",
+]
 
 DEFAULT_EXPERT_CACHE = Path(os.environ.get("SPPO_RL_EXPERT_CACHE", Path.home() / ".cache" / "sppo-rl" / "experts"))
 
@@ -230,6 +239,126 @@ def _calibration_note(run: Any) -> str:
     )
 
 
+def summary_rows(runs: Sequence[Any], start_success: float, window: int) -> list[dict[str, Any]]:
+    """:func:`~sppo_rl.zoo.protocol.summarize`'s rows with ``first_window_mean`` (the mean success of each run's
+    first ``window`` episodes), as in ``summary.json``.
+
+    :param runs: :class:`~sppo_rl.zoo.protocol.RLRun` objects
+    :param start_success: the start policy's success rate
+    :param window: episodes per curve point
+    :return: one row per algorithm
+    """
+    from . import protocol
+
+    rows = protocol.summarize(runs, start_success, window)
+    for row in rows:
+        firsts = [float(np.mean(r.successes[:window])) for r in runs if r.algo == row["algo"]]
+        row["first_window_mean"] = float(np.mean(firsts))
+    return rows
+
+
+def _curves(env_id: str, window: int, start_success: float, runs: Sequence[Any]) -> dict[str, Any]:
+    """The content of ``curves.json``."""
+    return {
+        "env_id": env_id,
+        "window": window,
+        "start_success": start_success,
+        "runs": [
+            {
+                "algo": r.algo,
+                "seed": r.seed,
+                "seconds": r.seconds,
+                "timesteps": r.timesteps,
+                "successes": [int(s) for s in r.successes],
+                "calibration": r.calibration,
+            }
+            for r in runs
+        ],
+    }
+
+
+def runs_from_curves(curves: dict[str, Any]) -> list[Any]:
+    """The runs of a ``curves.json`` as :class:`~sppo_rl.zoo.protocol.RLRun` objects.
+
+    :param curves: the file's content
+    :return: the runs, in the file's order
+    """
+    from . import protocol
+
+    return [
+        protocol.RLRun(
+            r["algo"],
+            int(r["seed"]),
+            [float(x) for x in r["successes"]],
+            r["seconds"],
+            r["timesteps"],
+            r.get("calibration"),
+        )
+        for r in curves["runs"]
+    ]
+
+
+def merge_results(folders: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """Put together the results of several ``sppo-zoo suite`` runs of one task (e.g. seeds 0-2, then 3-4) as if
+    one command had run them all: ``curves.json``, ``summary.json`` and ``success.png`` in ``out``.
+
+    The parts must share the task, the window, the episode budget, the start policy and the settings; each
+    (algorithm, seed) pair may appear once. ``wall_clock_seconds`` is the sum of the parts' (listed in ``parts``).
+
+    :param folders: the ``<out_dir>/<env id>`` folders of the parts
+    :param out: where the merged files go (created)
+    :return: the merged ``summary.json`` content
+    :raises ZooError: if the parts differ in anything but their runs, or a run appears twice
+    """
+    parts = [
+        (json.loads((Path(f) / "summary.json").read_text()), json.loads((Path(f) / "curves.json").read_text()))
+        for f in folders
+    ]
+    if not parts:
+        raise ZooError("merge_results needs at least one folder")
+    first = parts[0][0]
+    for summary, _ in parts[1:]:
+        for key in ("env_id", "episodes", "window", "config"):
+            if summary[key] != first[key]:
+                raise ZooError(f"Cannot merge: the parts differ in {key} ({summary[key]!r} vs {first[key]!r})")
+        if summary["start_policy"]["start_success"] != first["start_policy"]["start_success"]:
+            raise ZooError("Cannot merge: the parts started from different start policies")
+    runs = [run for _, curves in parts for run in runs_from_curves(curves)]
+    keys = [(r.algo, r.seed) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ZooError(f"Cannot merge: some (algorithm, seed) pairs appear twice: {sorted(keys)}")
+    algos = list(dict.fromkeys(r.algo for r in runs))
+    runs.sort(key=lambda r: (r.seed, algos.index(r.algo)))
+    start_success = float(first["start_policy"]["start_success"])
+    window = int(first["window"])
+    rows = summary_rows(runs, start_success, window)
+    merged = {
+        **first,
+        "command": [summary["command"] for summary, _ in parts],
+        "algos": algos,
+        "seeds": sorted({r.seed for r in runs}),
+        "wall_clock_seconds": sum(summary["wall_clock_seconds"] for summary, _ in parts),
+        "parts": [
+            {
+                "folder": str(f),
+                "seeds": summary["seeds"],
+                "algos": summary["algos"],
+                "jobs": summary["jobs"],
+                "wall_clock_seconds": summary["wall_clock_seconds"],
+                "versions": summary["versions"],
+            }
+            for f, (summary, _) in zip(folders, parts, strict=True)
+        ],
+        "rows": rows,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curves.json").write_text(json.dumps(_curves(first["env_id"], window, start_success, runs)))
+    (out / "summary.json").write_text(json.dumps(merged, indent=2, default=str))
+    plot_curves(runs, window, start_success, out / "success.png", first["env_id"])
+    return merged
+
+
 def _versions() -> dict[str, str]:
     import gymnasium
     import stable_baselines3
@@ -313,27 +442,9 @@ def _run_stages(
                 _log(settings, f"  {job[0]} seed {job[3]}: done in {run.seconds:.0f} s{_calibration_note(run)}")
     wall = time.perf_counter() - wall0
 
-    rows = protocol.summarize(runs, float(meta["start_success"]), window)
-    for row in rows:
-        firsts = [float(np.mean(r.successes[:window])) for r in runs if r.algo == row["algo"]]
-        row["first_window_mean"] = float(np.mean(firsts))
+    rows = summary_rows(runs, float(meta["start_success"]), window)
     table = format_table(rows)
-    curves = {
-        "env_id": settings.env_id,
-        "window": window,
-        "start_success": meta["start_success"],
-        "runs": [
-            {
-                "algo": r.algo,
-                "seed": r.seed,
-                "seconds": r.seconds,
-                "timesteps": r.timesteps,
-                "successes": [int(s) for s in r.successes],
-                "calibration": r.calibration,
-            }
-            for r in runs
-        ],
-    }
+    curves = _curves(settings.env_id, window, meta["start_success"], runs)
     summary = {
         "env_id": settings.env_id,
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,

@@ -349,3 +349,49 @@ def test_suite_command_unknown_task(zoo) -> None:
     result = zoo(["suite", "--env", "CartPole-v1"])
     assert result.code == 2
     assert "known:" in result.err
+
+
+def _part(folder: Path, runs: list[protocol.RLRun], seconds: float, start_success: float = 0.3) -> Path:
+    """A finished ``sppo-zoo suite`` folder holding ``runs`` (only what :func:`merge_results` reads)."""
+    from sppo_rl.zoo.control_suite import _curves
+
+    folder.mkdir(parents=True)
+    summary = {
+        "env_id": CARTPOLE,
+        "command": f"part {folder.name}",
+        "algos": list(dict.fromkeys(r.algo for r in runs)),
+        "seeds": sorted({r.seed for r in runs}),
+        "episodes": 8,
+        "window": 4,
+        "jobs": 2,
+        "wall_clock_seconds": seconds,
+        "start_policy": {"start_success": start_success},
+        "config": {"rl": {"episodes": 8}},
+        "versions": {},
+        "rows": [],
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "curves.json").write_text(json.dumps(_curves(CARTPOLE, 4, start_success, runs)))
+    return folder
+
+
+def test_merge_results_puts_seed_groups_together(tmp_path: Path) -> None:
+    from sppo_rl.zoo.control_suite import merge_results
+
+    a = _part(tmp_path / "a", [_run("sppo", 0, [0, 0, 1, 1] * 2), _run("ppo", 0, [0.0] * 8)], seconds=60.0)
+    b = _part(tmp_path / "b", [_run("sppo", 3, [1.0] * 8), _run("ppo", 3, [1, 1, 0, 0] * 2)], seconds=30.0)
+    merged = merge_results([a, b], tmp_path / "merged")
+    assert merged["seeds"] == [0, 3] and merged["wall_clock_seconds"] == 90.0
+    assert [part["seeds"] for part in merged["parts"]] == [[0], [3]]
+    rows = {row["algo"]: row for row in merged["rows"]}
+    assert rows["sppo"]["final_success_per_seed"] == [0.5, 1.0]  # last max(4, 10% of 8) = 4 episodes
+    assert rows["ppo"]["final_success_per_seed"] == [0.0, 0.5]
+    assert rows["sppo"]["first_window_mean"] == 0.75  # (0.5 + 1) / 2
+    curves = json.loads((tmp_path / "merged" / "curves.json").read_text())
+    assert [(r["algo"], r["seed"]) for r in curves["runs"]] == [("sppo", 0), ("ppo", 0), ("sppo", 3), ("ppo", 3)]
+    assert (tmp_path / "merged" / "success.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ZooError, match="appear twice"):
+        merge_results([a, a], tmp_path / "twice")
+    other = _part(tmp_path / "c", [_run("sppo", 4, [1.0] * 8)], seconds=1.0, start_success=0.5)
+    with pytest.raises(ZooError, match="different start policies"):
+        merge_results([a, other], tmp_path / "other")
