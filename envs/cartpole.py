@@ -87,6 +87,7 @@ def make_precision_cartpole(
     horizon: int = 200,
     max_angle_deg: float = 0.5,
     dense: bool = False,
+    horizon_ends_task: bool | None = None,
     render_mode: str | None = None,
     **base_kwargs: Any,
 ) -> gymnasium.Env[Any, Any]:
@@ -98,13 +99,22 @@ def make_precision_cartpole(
     :param horizon: the horizon ``H``.
     :param max_angle_deg: the largest final ``|theta|``, in degrees.
     :param dense: build the dense counterpart instead of the sparse task.
+    :param horizon_ends_task: report the horizon as a termination (``True``) or a truncation (``False``);
+        ``None``: a termination for the sparse task, a truncation for the dense counterpart.
     :param render_mode: the render mode of the base env.
     :param base_kwargs: passed to gymnasium's ``CartPoleEnv``.
     :return: the env.
     """
     rule = CartPoleUpright(max_angle_deg=max_angle_deg)
     env = make_base_env("CartPole-v1", render_mode=render_mode, **base_kwargs)
-    return wrap_outcome(env, horizon=horizon, success_rule=rule, dense=dense, shaping=CartPolePrecisionShaping())
+    return wrap_outcome(
+        env,
+        horizon=horizon,
+        success_rule=rule,
+        dense=dense,
+        shaping=CartPolePrecisionShaping(),
+        horizon_ends_task=horizon_ends_task,
+    )
 
 
 #: The suite's entry: ``SparsePrecisionCartPole-v0`` and ``DensePrecisionCartPole-v0``.

@@ -54,7 +54,13 @@ class HopperForward:
 
 
 def make_hopper(
-    *, horizon: int = 1000, min_x: float = 1.0, dense: bool = False, render_mode: str | None = None, **base_kwargs: Any
+    *,
+    horizon: int = 1000,
+    min_x: float = 1.0,
+    dense: bool = False,
+    horizon_ends_task: bool | None = None,
+    render_mode: str | None = None,
+    **base_kwargs: Any,
 ) -> gymnasium.Env[Any, Any]:
     """Hopper (MuJoCo ``Hopper-v5`` dynamics): survive the whole horizon and end beyond ``min_x`` metres.
 
@@ -64,13 +70,15 @@ def make_hopper(
     :param horizon: the horizon ``H``.
     :param min_x: the smallest final torso x position, in metres.
     :param dense: build the dense counterpart instead of the sparse task.
+    :param horizon_ends_task: report the horizon as a termination (``True``) or a truncation (``False``);
+        ``None``: a termination for the sparse task, a truncation for the dense counterpart.
     :param render_mode: the render mode of the base env.
     :param base_kwargs: passed to gymnasium's ``HopperEnv`` (v5).
     :return: the env.
     """
     rule = HopperForward(min_x=min_x)
     env = make_base_env("Hopper-v5", render_mode=render_mode, **base_kwargs)
-    return wrap_outcome(env, horizon=horizon, success_rule=rule, dense=dense)
+    return wrap_outcome(env, horizon=horizon, success_rule=rule, dense=dense, horizon_ends_task=horizon_ends_task)
 
 
 #: The suite's entry: ``SparseHopper-v0`` and ``DenseHopper-v0``.

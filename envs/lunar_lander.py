@@ -113,6 +113,7 @@ def make_lunar_lander(
     max_angular_speed: float = 0.05,
     continuous: bool = False,
     dense: bool = False,
+    horizon_ends_task: bool | None = None,
     render_mode: str | None = None,
     **base_kwargs: Any,
 ) -> gymnasium.Env[Any, Any]:
@@ -128,13 +129,22 @@ def make_lunar_lander(
     :param max_angular_speed: the largest angular velocity counted as at rest at the horizon.
     :param continuous: use the continuous-action lander.
     :param dense: build the dense counterpart instead of the sparse task.
+    :param horizon_ends_task: report the horizon as a termination (``True``) or a truncation (``False``);
+        ``None``: a termination for the sparse task, a truncation for the dense counterpart.
     :param render_mode: the render mode of the base env.
     :param base_kwargs: passed to gymnasium's ``LunarLander`` (e.g. ``enable_wind``, ``gravity``).
     :return: the env.
     """
     rule = LunarLanderLanded(pad_half_width=pad_half_width, max_speed=max_speed, max_angular_speed=max_angular_speed)
     env = make_base_env("LunarLander-v3", render_mode=render_mode, continuous=continuous, **base_kwargs)
-    return wrap_outcome(env, horizon=horizon, success_rule=rule, dense=dense, success_on_termination=True)
+    return wrap_outcome(
+        env,
+        horizon=horizon,
+        success_rule=rule,
+        dense=dense,
+        success_on_termination=True,
+        horizon_ends_task=horizon_ends_task,
+    )
 
 
 #: The suite's entries: the discrete lander (the paper's task) and the continuous one (ours).

@@ -128,6 +128,7 @@ def make_mountain_car(
     goal_position: float = 0.45,
     continuous: bool = False,
     dense: bool = False,
+    horizon_ends_task: bool | None = None,
     render_mode: str | None = None,
     **base_kwargs: Any,
 ) -> gymnasium.Env[Any, Any]:
@@ -141,6 +142,8 @@ def make_mountain_car(
     :param goal_position: the flag's position.
     :param continuous: use the continuous-action car.
     :param dense: build the dense counterpart instead of the sparse task.
+    :param horizon_ends_task: report the horizon as a termination (``True``) or a truncation (``False``);
+        ``None``: a termination for the sparse task, a truncation for the dense counterpart.
     :param render_mode: the render mode of the base env.
     :param base_kwargs: passed to gymnasium's MountainCar env (e.g. ``goal_velocity``).
     :return: the env.
@@ -156,6 +159,7 @@ def make_mountain_car(
         dense=dense,
         shaping=MountainCarEnergyShaping(goal_position=goal_position),
         success_on_termination=True,
+        horizon_ends_task=horizon_ends_task,
     )
 
 

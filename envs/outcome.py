@@ -4,9 +4,11 @@ Two wrappers share one definition of an episode's end and of its outcome:
 
 - :class:`OutcomeWrapper` owns the horizon ``H`` and the success rule, and reports the outcome as
   ``info["is_success"]`` on the last step; it leaves the reward of the wrapped env untouched (this is how
-  the dense, expert-training variants of the suite are built).
+  the dense, expert-training variants of the suite are built). By default it *truncates* at the horizon:
+  the dense reward describes a continuing task that the horizon merely cuts short.
 - :class:`SparseOutcomeWrapper` does the same and replaces the reward: ``0.0`` on every step and the
-  outcome (``1.0`` or ``0.0``) on the last one.
+  outcome (``1.0`` or ``0.0``) on the last one. By default it *terminates* at the horizon: the outcome is
+  decided there and nothing follows it, so the horizon is the end of the task (``horizon_ends_task``).
 
 Both keep the wrapped env's per-step reward in ``info["dense_reward"]`` for diagnostics.
 """
@@ -124,8 +126,12 @@ class OutcomeWrapper(
 
     An episode ends on the first of:
 
-    - **the horizon**: after exactly ``horizon`` steps the episode is *truncated* (``truncated=True``,
-      ``terminated=False``) and the success rule is evaluated on that final state.
+    - **the horizon**: after exactly ``horizon`` steps the success rule is evaluated on that final state. The
+      step is reported as a truncation (``truncated=True``, ``terminated=False``: a time limit cut a task
+      that would go on) unless ``horizon_ends_task=True``, which reports it as the end of the task
+      (``terminated=True``, ``truncated=False``). The difference matters to algorithms that bootstrap: SB3's
+      ``PPO`` adds ``gamma * V(last observation)`` to the reward of a truncated step and nothing to a
+      terminated one.
     - **early termination** by the wrapped env (a fallen pole, a crash, a fall, the car at the flag): the
       episode ends there, shorter than the horizon (``terminated=True``). By default this is a *failure*
       (outcome 0, ``is_success`` False) and the success rule is not called. A task whose goal itself ends
@@ -151,7 +157,12 @@ class OutcomeWrapper(
     :param success_rule: the verifier, called once per episode with the :class:`FinalStep`.
     :param success_on_termination: evaluate the rule when the wrapped env terminates early (instead of
         counting an early end as a failure).
+    :param horizon_ends_task: report the horizon as a termination (``True``) rather than a truncation
+        (``False``, the default of this wrapper).
     """
+
+    #: The default of ``horizon_ends_task``: ``False`` here (the dense reward of a task the horizon cuts short).
+    HORIZON_ENDS_TASK_DEFAULT: bool = False
 
     def __init__(
         self,
@@ -160,6 +171,7 @@ class OutcomeWrapper(
         success_rule: SuccessRule,
         *,
         success_on_termination: bool = False,
+        horizon_ends_task: bool | None = None,
     ) -> None:
         horizon = _check_horizon(horizon)
         if not callable(success_rule):
@@ -171,13 +183,22 @@ class OutcomeWrapper(
                 "owns the horizon, so build the base env without a shorter limit (e.g. gymnasium.make(..., "
                 "max_episode_steps=-1))"
             )
+        if horizon_ends_task is None:
+            horizon_ends_task = self.HORIZON_ENDS_TASK_DEFAULT
+        if not isinstance(horizon_ends_task, bool):
+            raise TypeError(f"horizon_ends_task must be a bool, got {horizon_ends_task!r}")
         RecordConstructorArgs.__init__(
-            self, horizon=horizon, success_rule=success_rule, success_on_termination=success_on_termination
+            self,
+            horizon=horizon,
+            success_rule=success_rule,
+            success_on_termination=success_on_termination,
+            horizon_ends_task=horizon_ends_task,
         )
         gymnasium.Wrapper.__init__(self, env)
         self.horizon: int = horizon
         self.success_rule: SuccessRule = success_rule
         self.success_on_termination: bool = bool(success_on_termination)
+        self.horizon_ends_task: bool = horizon_ends_task
         self._elapsed_steps: int = 0
         self._episode_over: bool = True
 
@@ -261,17 +282,24 @@ class OutcomeWrapper(
                 info[END_REASON_KEY] = "truncated"
             else:
                 info[END_REASON_KEY] = "horizon"
+        ends_at_horizon = at_horizon and not terminated
         truncated_out = (not terminated) and (inner_truncated or at_horizon)
-        return observation, self._reward(base_reward, is_last, success), terminated, truncated_out, info
+        terminated_out = terminated
+        if ends_at_horizon and self.horizon_ends_task:
+            terminated_out, truncated_out = True, False
+        return observation, self._reward(base_reward, is_last, success), terminated_out, truncated_out, info
 
 
 class SparseOutcomeWrapper(OutcomeWrapper[ObsType, ActType]):
     """A sparse, verifiable-outcome task: reward 0.0 on every step, the outcome (1.0 or 0.0) on the last one.
 
-    Episode end and outcome are exactly those of :class:`OutcomeWrapper` (read its docstring):
+    Episode end and outcome are exactly those of :class:`OutcomeWrapper` (read its docstring), but the
+    horizon ends the *task* by default (``horizon_ends_task=True``):
 
-    - at the horizon the episode is truncated after exactly ``horizon`` steps and the success rule is
-      evaluated on that final state;
+    - at the horizon, after exactly ``horizon`` steps, the success rule is evaluated on that final state and
+      the step is reported as ``terminated=True`` (``truncated=False``): the outcome is final, nothing
+      follows it, and an algorithm that bootstraps from the last state (SB3's ``PPO`` at a truncation) must
+      not. ``horizon_ends_task=False`` reports it as a truncation instead;
     - an early termination (a fallen pole, a crash) ends the episode with outcome 0 and ``is_success``
       False, unless ``success_on_termination=True`` lets the rule judge the terminal state (MountainCar:
       reaching the flag terminates and is a success).
@@ -284,7 +312,12 @@ class SparseOutcomeWrapper(OutcomeWrapper[ObsType, ActType]):
     :param success_rule: the verifier, called once per episode with the :class:`FinalStep`.
     :param success_on_termination: evaluate the rule when the wrapped env terminates early (instead of
         counting an early end as a failure).
+    :param horizon_ends_task: report the horizon as a termination (``True``, the default of this wrapper) or
+        as a truncation (``False``).
     """
+
+    #: The default of ``horizon_ends_task``: ``True`` here (the outcome is final at the horizon).
+    HORIZON_ENDS_TASK_DEFAULT: bool = True
 
     def _reward(self, reward: float, is_last: bool, success: bool) -> float:
         """``0.0`` before the last step, the outcome on it.

@@ -89,6 +89,7 @@ def make_pendulum(
     horizon: int = 1000,
     min_cos: float = 0.8,
     dense: bool = False,
+    horizon_ends_task: bool | None = None,
     render_mode: str | None = None,
     **base_kwargs: Any,
 ) -> gymnasium.Env[Any, Any]:
@@ -99,6 +100,8 @@ def make_pendulum(
     :param horizon: the horizon ``H``.
     :param min_cos: the smallest final ``cos(theta)``.
     :param dense: build the dense counterpart instead of the sparse task.
+    :param horizon_ends_task: report the horizon as a termination (``True``) or a truncation (``False``);
+        ``None``: a termination for the sparse task, a truncation for the dense counterpart.
     :param render_mode: the render mode of the base env.
     :param base_kwargs: passed to gymnasium's ``PendulumEnv`` (e.g. ``g``).
     :return: the env.
@@ -106,7 +109,12 @@ def make_pendulum(
     rule = PendulumUpright(min_cos=min_cos)
     env = make_base_env("Pendulum-v1", render_mode=render_mode, **base_kwargs)
     return wrap_outcome(
-        env, horizon=horizon, success_rule=rule, dense=dense, shaping=PendulumUprightShaping(min_cos=min_cos)
+        env,
+        horizon=horizon,
+        success_rule=rule,
+        dense=dense,
+        shaping=PendulumUprightShaping(min_cos=min_cos),
+        horizon_ends_task=horizon_ends_task,
     )
 
 

@@ -7,7 +7,9 @@ them together. Every constructor builds gymnasium's own environment for the dyna
 ``TimeLimit`` (``max_episode_steps=-1``), so the horizon is exactly the ``horizon`` argument, owned by the
 outcome wrapper; ``dense=False`` gives the sparse task (:class:`~sppo_rl.envs.outcome.SparseOutcomeWrapper`),
 ``dense=True`` its dense counterpart (same dynamics, horizon and success rule; a shaped reward and
-:class:`~sppo_rl.envs.outcome.OutcomeWrapper`). Horizons and thresholds are keyword arguments, so
+:class:`~sppo_rl.envs.outcome.OutcomeWrapper`). The sparse task *terminates* at the horizon (its outcome is
+final), the dense counterpart *truncates* there (a time limit on a continuing task); every constructor takes
+``horizon_ends_task`` to choose otherwise. Horizons and thresholds are keyword arguments, so
 ``gymnasium.make("SparsePendulum-v0", horizon=500, min_cos=0.9)`` works; other keyword arguments go to the
 base env's constructor (e.g. ``enable_wind=True`` for LunarLander).
 """
@@ -128,6 +130,7 @@ def wrap_outcome(
     dense: bool,
     shaping: RewardShaping | None = None,
     success_on_termination: bool = False,
+    horizon_ends_task: bool | None = None,
 ) -> gymnasium.Env[Any, Any]:
     """Wrap a base env into the sparse task, or into its dense counterpart.
 
@@ -138,10 +141,25 @@ def wrap_outcome(
     :param shaping: the dense reward's shaping; ``None`` keeps the base env's reward. Ignored when sparse.
     :param success_on_termination: let the rule judge an early termination (see
         :class:`~sppo_rl.envs.outcome.OutcomeWrapper`).
+    :param horizon_ends_task: report the horizon as a termination (``True``) or a truncation (``False``);
+        ``None``: the wrapper's default, a termination for the sparse task (its outcome is final) and a
+        truncation for the dense counterpart (a time limit on a continuing task).
     :return: the wrapped env.
     """
     if not dense:
-        return SparseOutcomeWrapper(env, horizon, success_rule, success_on_termination=success_on_termination)
+        return SparseOutcomeWrapper(
+            env,
+            horizon,
+            success_rule,
+            success_on_termination=success_on_termination,
+            horizon_ends_task=horizon_ends_task,
+        )
     if shaping is not None:
         env = ShapedReward(env, shaping)
-    return OutcomeWrapper(env, horizon, success_rule, success_on_termination=success_on_termination)
+    return OutcomeWrapper(
+        env,
+        horizon,
+        success_rule,
+        success_on_termination=success_on_termination,
+        horizon_ends_task=horizon_ends_task,
+    )

@@ -177,9 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suite.add_argument("--env", dest="env_id", required=True, help="sparse task id, e.g. SparsePrecisionCartPole-v0")
     suite.add_argument(
-        "--algos", nargs="+", default=["sppo", "ppo", "ppo-sb3"], help="stage-3 algorithms (default: all three)"
+        "--algos",
+        nargs="+",
+        default=["sppo", "ppo", "ppo-sb3", "ema"],
+        help="stage-3 algorithms: sppo, ppo, ppo-sb3, ema, batch-mean (default: sppo ppo ppo-sb3 ema)",
     )
-    suite.add_argument("--seeds", nargs="+", type=_NON_NEGATIVE, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    suite.add_argument(
+        "--seeds", nargs="+", type=_NON_NEGATIVE, default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)"
+    )
     suite.add_argument("--jobs", type=_COUNT, default=1, help="parallel processes for stage 3 (default: 1)")
     suite.add_argument("--episodes", type=_COUNT, default=None, help="episode budget per run (default: suite.yml)")
     suite.add_argument("--window", type=_COUNT, default=None, help="episodes per curve point (default: suite.yml)")

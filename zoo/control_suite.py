@@ -1,6 +1,6 @@
 """Run the three-stage control protocol (:mod:`sppo_rl.zoo.protocol`) for one task and write its results.
 
-``sppo-zoo suite --env SparseMountainCar-v0 --algos sppo ppo ppo-sb3 --seeds 0 1 2 --jobs 2`` calls
+``sppo-zoo suite --env SparseMountainCar-v0 --algos sppo ppo ppo-sb3 ema --seeds 0 1 2 3 4 --jobs 2`` calls
 :func:`run_suite`, which
 
 1. gets the start policy: the committed ``zoo/start_policies/<env id>.pt`` when there is one (and
@@ -10,7 +10,8 @@
 3. writes ``<out>/<env id>/`` ``curves.json`` (the outcome of every training episode of every run),
    ``summary.json`` (the table below, the settings, versions and wall-clock time) and ``success.png``
    (success rate against episodes, mean and min-max band over seeds), and prints the table: start success,
-   final success, episodes to reach 50% and 80% success.
+   final success, episodes to reach 50% and 80% success, and for the algorithms with a sequence critic its
+   calibration on held-out start states (:func:`~sppo_rl.zoo.protocol.measure_calibration`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ import numpy as np
 from .errors import ZooError
 from .runs import folder_removed_on_failure
 
-__all__ = ["SuiteSettings", "format_table", "plot_curves", "prepare_start_policy", "run_suite"]
+__all__ = [
+    "SuiteSettings",
+    "format_table",
+    "merge_results",
+    "plot_curves",
+    "prepare_start_policy",
+    "run_suite",
+    "runs_from_curves",
+    "summary_rows",
+]
 
 DEFAULT_EXPERT_CACHE = Path(os.environ.get("SPPO_RL_EXPERT_CACHE", Path.home() / ".cache" / "sppo-rl" / "experts"))
 
@@ -42,7 +52,7 @@ class SuiteSettings:
     """What :func:`run_suite` does.
 
     :param env_id: a sparse task of ``zoo/suite.yml``
-    :param algos: stage-3 algorithms (``sppo``, ``ppo``, ``ppo-sb3``)
+    :param algos: stage-3 algorithms (``sppo``, ``ppo``, ``ppo-sb3``, ``ema``, ``batch-mean``)
     :param seeds: one run per algorithm and seed
     :param out_dir: results go to ``<out_dir>/<env_id>/``
     :param jobs: parallel processes for stage 3
@@ -56,8 +66,8 @@ class SuiteSettings:
     """
 
     env_id: str
-    algos: Sequence[str] = ("sppo", "ppo", "ppo-sb3")
-    seeds: Sequence[int] = (0, 1, 2)
+    algos: Sequence[str] = ("sppo", "ppo", "ppo-sb3", "ema")
+    seeds: Sequence[int] = (0, 1, 2, 3, 4)
     out_dir: str | Path = "logs/suite"
     jobs: int = 1
     episodes: int | None = None
@@ -180,12 +190,24 @@ def _fmt(value: float | None, pattern: str = "{:.0f}") -> str:
     return "never" if value is None else pattern.format(value)
 
 
+def _spread(stat: dict[str, Any] | None, pattern: str = "{:.3f}") -> str:
+    """``mean [min, max]`` of a summarised score, or ``n/a``."""
+    if stat is None or stat["mean"] is None:
+        return "n/a"
+    return f"{pattern.format(stat['mean'])} [{pattern.format(stat['min'])}, {pattern.format(stat['max'])}]"
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The summary rows of :func:`~sppo_rl.zoo.protocol.summarize` as a Markdown table."""
+    """The summary rows of :func:`~sppo_rl.zoo.protocol.summarize` as a Markdown table.
+
+    The calibration columns (the final critic ``V(s0)`` on held-out start states: Brier score, and Brier skill
+    score against the constant predictor) read ``n/a`` for algorithms without a sequence critic.
+    """
     lines = [
         "| algorithm | seeds | start success | first-window success | final success (mean [min, max]) "
-        "| episodes to 50% | episodes to 80% | minutes per run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| episodes to 50% | episodes to 80% | critic Brier (mean [min, max]) | critic BSS vs constant "
+        "| minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         reach = []
@@ -194,12 +216,147 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             reached = sum(h is not None for h in per_seed)
             text = _fmt(median) if median is not None else f"{reached}/{len(per_seed)} seeds"
             reach.append(f"{text} ({', '.join(_fmt(h) for h in per_seed)})")
+        calibration = row.get("calibration")
+        brier = _spread(calibration["brier"]) if calibration else "n/a"
+        bss = _spread(calibration["bss"], "{:+.2f}") if calibration else "n/a"
         lines.append(
             f"| {row['algo']} | {len(row['seeds'])} | {row['start_success']:.2f} | {row['first_window_mean']:.2f} "
             f"| {row['final_success_mean']:.2f} [{row['final_success_min']:.2f}, {row['final_success_max']:.2f}] "
-            f"| {reach[0]} | {reach[1]} | {row['seconds_mean'] / 60:.1f} |"
+            f"| {reach[0]} | {reach[1]} | {brier} | {bss} | {row['seconds_mean'] / 60:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _calibration_note(run: Any) -> str:
+    """``, critic Brier ... (BSS ...)`` for a run whose critic was scored, else an empty string."""
+    calibration = run.calibration
+    if calibration is None:
+        return ""
+    bss = calibration["bss"]
+    return (
+        f", critic Brier {calibration['brier']:.3f} (BSS vs constant {_fmt(bss, '{:+.2f}')}; "
+        f"{calibration['seconds']:.0f} s to measure)"
+    )
+
+
+def summary_rows(runs: Sequence[Any], start_success: float, window: int) -> list[dict[str, Any]]:
+    """:func:`~sppo_rl.zoo.protocol.summarize`'s rows with ``first_window_mean`` (the mean success of each run's
+    first ``window`` episodes), as in ``summary.json``.
+
+    :param runs: :class:`~sppo_rl.zoo.protocol.RLRun` objects
+    :param start_success: the start policy's success rate
+    :param window: episodes per curve point
+    :return: one row per algorithm
+    """
+    from . import protocol
+
+    rows = protocol.summarize(runs, start_success, window)
+    for row in rows:
+        firsts = [float(np.mean(r.successes[:window])) for r in runs if r.algo == row["algo"]]
+        row["first_window_mean"] = float(np.mean(firsts))
+    return rows
+
+
+def _curves(env_id: str, window: int, start_success: float, runs: Sequence[Any]) -> dict[str, Any]:
+    """The content of ``curves.json``."""
+    return {
+        "env_id": env_id,
+        "window": window,
+        "start_success": start_success,
+        "runs": [
+            {
+                "algo": r.algo,
+                "seed": r.seed,
+                "seconds": r.seconds,
+                "timesteps": r.timesteps,
+                "successes": [int(s) for s in r.successes],
+                "calibration": r.calibration,
+            }
+            for r in runs
+        ],
+    }
+
+
+def runs_from_curves(curves: dict[str, Any]) -> list[Any]:
+    """The runs of a ``curves.json`` as :class:`~sppo_rl.zoo.protocol.RLRun` objects.
+
+    :param curves: the file's content
+    :return: the runs, in the file's order
+    """
+    from . import protocol
+
+    return [
+        protocol.RLRun(
+            r["algo"],
+            int(r["seed"]),
+            [float(x) for x in r["successes"]],
+            r["seconds"],
+            r["timesteps"],
+            r.get("calibration"),
+        )
+        for r in curves["runs"]
+    ]
+
+
+def merge_results(folders: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """Put together the results of several ``sppo-zoo suite`` runs of one task (e.g. seeds 0-2, then 3-4) as if
+    one command had run them all: ``curves.json``, ``summary.json`` and ``success.png`` in ``out``.
+
+    The parts must share the task, the window, the episode budget, the start policy and the settings; each
+    (algorithm, seed) pair may appear once. ``wall_clock_seconds`` is the sum of the parts' (listed in ``parts``).
+
+    :param folders: the ``<out_dir>/<env id>`` folders of the parts
+    :param out: where the merged files go (created)
+    :return: the merged ``summary.json`` content
+    :raises ZooError: if the parts differ in anything but their runs, or a run appears twice
+    """
+    parts = [
+        (json.loads((Path(f) / "summary.json").read_text()), json.loads((Path(f) / "curves.json").read_text()))
+        for f in folders
+    ]
+    if not parts:
+        raise ZooError("merge_results needs at least one folder")
+    first = parts[0][0]
+    for summary, _ in parts[1:]:
+        for key in ("env_id", "episodes", "window", "config"):
+            if summary[key] != first[key]:
+                raise ZooError(f"Cannot merge: the parts differ in {key} ({summary[key]!r} vs {first[key]!r})")
+        if summary["start_policy"]["start_success"] != first["start_policy"]["start_success"]:
+            raise ZooError("Cannot merge: the parts started from different start policies")
+    runs = [run for _, curves in parts for run in runs_from_curves(curves)]
+    keys = [(r.algo, r.seed) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ZooError(f"Cannot merge: some (algorithm, seed) pairs appear twice: {sorted(keys)}")
+    algos = list(dict.fromkeys(r.algo for r in runs))
+    runs.sort(key=lambda r: (r.seed, algos.index(r.algo)))
+    start_success = float(first["start_policy"]["start_success"])
+    window = int(first["window"])
+    rows = summary_rows(runs, start_success, window)
+    merged = {
+        **first,
+        "command": [summary["command"] for summary, _ in parts],
+        "algos": algos,
+        "seeds": sorted({r.seed for r in runs}),
+        "wall_clock_seconds": sum(summary["wall_clock_seconds"] for summary, _ in parts),
+        "parts": [
+            {
+                "folder": str(f),
+                "seeds": summary["seeds"],
+                "algos": summary["algos"],
+                "jobs": summary["jobs"],
+                "wall_clock_seconds": summary["wall_clock_seconds"],
+                "versions": summary["versions"],
+            }
+            for f, (summary, _) in zip(folders, parts, strict=True)
+        ],
+        "rows": rows,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curves.json").write_text(json.dumps(_curves(first["env_id"], window, start_success, runs)))
+    (out / "summary.json").write_text(json.dumps(merged, indent=2, default=str))
+    plot_curves(runs, window, start_success, out / "success.png", first["env_id"])
+    return merged
 
 
 def _versions() -> dict[str, str]:
@@ -277,34 +434,17 @@ def _run_stages(
     if settings.jobs == 1:
         for job in jobs:
             runs.append(_stage3(job))
-            _log(settings, f"  {job[0]} seed {job[3]}: done in {runs[-1].seconds:.0f} s")
+            _log(settings, f"  {job[0]} seed {job[3]}: done in {runs[-1].seconds:.0f} s{_calibration_note(runs[-1])}")
     else:
         with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=get_context("spawn")) as pool:
             for job, run in zip(jobs, pool.map(_stage3, jobs), strict=True):
                 runs.append(run)
-                _log(settings, f"  {job[0]} seed {job[3]}: done in {run.seconds:.0f} s")
+                _log(settings, f"  {job[0]} seed {job[3]}: done in {run.seconds:.0f} s{_calibration_note(run)}")
     wall = time.perf_counter() - wall0
 
-    rows = protocol.summarize(runs, float(meta["start_success"]), window)
-    for row in rows:
-        firsts = [float(np.mean(r.successes[:window])) for r in runs if r.algo == row["algo"]]
-        row["first_window_mean"] = float(np.mean(firsts))
+    rows = summary_rows(runs, float(meta["start_success"]), window)
     table = format_table(rows)
-    curves = {
-        "env_id": settings.env_id,
-        "window": window,
-        "start_success": meta["start_success"],
-        "runs": [
-            {
-                "algo": r.algo,
-                "seed": r.seed,
-                "seconds": r.seconds,
-                "timesteps": r.timesteps,
-                "successes": [int(s) for s in r.successes],
-            }
-            for r in runs
-        ],
-    }
+    curves = _curves(settings.env_id, window, meta["start_success"], runs)
     summary = {
         "env_id": settings.env_id,
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,

@@ -9,11 +9,15 @@
    "non-zero but imperfect", as in the paper.
 3. **RL** (:func:`run_rl`): SPPO and SB3's PPO from that same actor, on the binary outcome only, each for the
    same number of environment episodes. PPO runs in the paper's setting (GAE with gamma = lambda = 1) and
-   with SB3's defaults (0.99 / 0.95).
+   with SB3's defaults (0.99 / 0.95); the ablations ``ema`` and ``batch-mean`` run SPPO's update with a
+   baseline that ignores the start state (a moving average of past outcomes, the batch's mean outcome).
 
 The success rate of every training episode is recorded, so the curves are on-policy success against
-episodes, as in the paper's plots. :func:`summarize` gives the table (start success, final success,
-episodes to 50% and 80%).
+episodes, as in the paper's plots. For the algorithms with a sequence critic (:data:`CALIBRATED_ALGOS`: its
+``V(s0)`` is trained even when the update does not use it) :func:`measure_calibration` scores the final
+critic on held-out start states against the outcomes the final policy reaches from them (Brier score and
+Brier skill score). :func:`summarize` gives the table (start success, final success, episodes to 50% and
+80%, calibration).
 
 Each task's settings live in ``zoo/suite.yml`` (:func:`load_task_config`).
 """
@@ -48,13 +52,18 @@ from sppo_rl import SPPO
 from .errors import ZooError
 
 __all__ = [
+    "CALIBRATED_ALGOS",
+    "CALIBRATION_DEFAULTS",
     "RL_ALGOS",
     "TaskConfig",
     "behaviour_clone",
+    "calibration_settings",
     "collect_demonstrations",
     "evaluate_success",
+    "final_tail",
     "load_task_config",
     "make_start_policy",
+    "measure_calibration",
     "run_rl",
     "summarize",
     "train_expert",
@@ -64,8 +73,25 @@ SUITE_CONFIG = Path(__file__).with_name("suite.yml")
 START_POLICY_DIR = Path(__file__).with_name("start_policies")
 EXPERT_ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
 
-RL_ALGOS = ("sppo", "ppo", "ppo-sb3")
-"""Stage-3 algorithms: SPPO; PPO in the paper's setting (gamma = lambda = 1); PPO with SB3's 0.99 / 0.95."""
+RL_ALGOS = ("sppo", "ppo", "ppo-sb3", "ema", "batch-mean")
+"""Stage-3 algorithms: SPPO; PPO in the paper's setting (gamma = lambda = 1); PPO with SB3's 0.99 / 0.95; SPPO's
+update with the moving-average baseline (``advantage_estimator="ema"``) or the batch-mean baseline
+(``"batch_mean"``) in place of ``V(s0)``."""
+
+SPPO_ESTIMATORS: dict[str, str] = {"sppo": "sppo", "ema": "ema", "batch-mean": "batch_mean"}
+"""Stage-3 algorithms that are SPPO's update, and the advantage estimator each uses."""
+
+CALIBRATED_ALGOS = tuple(SPPO_ESTIMATORS)
+"""Algorithms whose sequence critic ``V(s0)`` is trained (used by ``sppo``, trained alongside by the others) and
+scored by :func:`measure_calibration` at the end of each run."""
+
+CALIBRATION_DEFAULTS: dict[str, int] = {"states": 32, "rollouts": 8, "first_seed": 1_000_000}
+"""Calibration measurement (``rl.calibration`` in ``zoo/suite.yml`` overrides it): ``states`` held-out start
+states (the resets with seeds ``first_seed``, ``first_seed + 1``, ..., the same for every run, never a training
+seed), and ``rollouts`` episodes of the final policy from each."""
+
+FINAL_FRACTION = 0.1
+"""Final success is the mean over the last ``FINAL_FRACTION`` of a run's episodes (at least one window)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -498,16 +524,21 @@ def _ppo_rollout(config: TaskConfig) -> tuple[int, int]:
 
 
 def build_rl_model(algo: str, config: TaskConfig, env: VecEnv, seed: int) -> BaseAlgorithm:
-    """SPPO, PPO (gamma = lambda = 1) or PPO (SB3 defaults 0.99 / 0.95) with the shared actor architecture.
+    """SPPO, PPO (gamma = lambda = 1), PPO (SB3 defaults 0.99 / 0.95), or SPPO's update with the ``ema`` or the
+    ``batch-mean`` baseline, with the shared actor architecture.
 
     Shared: actor architecture, actor learning rate, epochs, clip range, environments and episodes per update.
+    ``ema`` and ``batch-mean`` are SPPO in every setting (``rl.sppo`` included) but the advantage estimator;
+    ``rl.ema`` / ``rl.batch-mean`` add keyword arguments (e.g. ``advantage_estimator_kwargs: {decay: 0.99}``).
     """
     rl = config.rl
     net_arch = dict(pi=list(config.net_arch), vf=list(config.net_arch))
     common: dict[str, Any] = dict(
         learning_rate=float(rl["learning_rate"]), n_epochs=int(rl["n_epochs"]), seed=seed, device="cpu"
     )
-    if algo == "sppo":
+    if algo in SPPO_ESTIMATORS:
+        extra = {**rl.get("sppo", {}), **(rl.get(algo, {}) if algo != "sppo" else {})}
+        extra.setdefault("advantage_estimator", SPPO_ESTIMATORS[algo])
         return SPPO(
             "MlpPolicy",
             env,
@@ -515,7 +546,7 @@ def build_rl_model(algo: str, config: TaskConfig, env: VecEnv, seed: int) -> Bas
             batch_episodes=int(rl.get("batch_episodes", 8)),
             policy_kwargs=dict(net_arch=net_arch),
             **common,
-            **rl.get("sppo", {}),
+            **extra,
         )
     if algo in ("ppo", "ppo-sb3"):
         n_steps, batch_size = _ppo_rollout(config)
@@ -557,6 +588,8 @@ class RLRun:
     successes: list[float]
     seconds: float
     timesteps: int
+    calibration: dict[str, Any] | None = None
+    """:func:`measure_calibration`'s result for the final critic (algorithms of :data:`CALIBRATED_ALGOS`)"""
 
     def curve(self, window: int) -> tuple[np.ndarray, np.ndarray]:
         """Success rate per block of ``window`` consecutive episodes: (episodes at block end, rate)."""
@@ -566,19 +599,163 @@ class RLRun:
         return (np.arange(1, n_blocks + 1) * window), rates
 
 
+def final_tail(successes: Sequence[float], window: int, fraction: float = FINAL_FRACTION) -> list[float]:
+    """The last ``fraction`` of a run's outcomes, at least ``window`` of them: what "final success" averages.
+
+    :param successes: the outcome of every training episode, in order
+    :param window: the fewest outcomes to keep
+    :param fraction: the share of the run to keep
+    :return: the outcomes of the tail
+    """
+    tail = max(window, int(len(successes) * fraction))
+    return list(successes[-tail:])
+
+
+def calibration_settings(config: TaskConfig) -> dict[str, int]:
+    """:data:`CALIBRATION_DEFAULTS` updated with the task's ``rl.calibration`` entry."""
+    settings = {**CALIBRATION_DEFAULTS, **config.rl.get("calibration", {})}
+    return {key: int(value) for key, value in settings.items()}
+
+
+def _policy_outcomes(
+    model: BaseAlgorithm, env_id: str, seeds: Sequence[int], n_rollouts: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Start observations ``(len(seeds), *obs_shape)`` and outcomes ``(len(seeds), n_rollouts)`` of the model's
+    policy (stochastic actions, as in training) run ``n_rollouts`` times from each start state
+    ``env.reset(seed=s)``; every episode runs in lockstep in its own env, and the policy acts on all unfinished
+    ones at once."""
+    envs = [gymnasium.make(env_id) for _ in range(len(seeds) * n_rollouts)]
+    observations = np.stack([env.reset(seed=int(seeds[i // n_rollouts]))[0] for i, env in enumerate(envs)])
+    starts = observations[::n_rollouts].copy()
+    outcomes = np.zeros(len(envs))
+    alive = np.ones(len(envs), dtype=bool)
+    box = isinstance(envs[0].action_space, gymnasium.spaces.Box)
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        actions, _ = model.policy.predict(observations[idx], deterministic=False)
+        if box:
+            actions = np.clip(actions, envs[0].action_space.low, envs[0].action_space.high)  # type: ignore[attr-defined]
+        for i, action in zip(idx, actions, strict=True):
+            observation, _, terminated, truncated, info = envs[i].step(action)
+            observations[i] = observation
+            if terminated or truncated:
+                alive[i] = False
+                outcomes[i] = float(info.get("is_success", False))
+    for env in envs:
+        env.close()
+    return starts, outcomes.reshape(len(seeds), n_rollouts)
+
+
+def measure_calibration(
+    model: SPPO,
+    env_id: str,
+    train_outcome_mean: float,
+    n_states: int = CALIBRATION_DEFAULTS["states"],
+    n_rollouts: int = CALIBRATION_DEFAULTS["rollouts"],
+    first_seed: int = CALIBRATION_DEFAULTS["first_seed"],
+    policy_seed: int = 0,
+) -> dict[str, Any]:
+    """Score the sequence critic ``V(s0)`` on held-out start states against what the policy then reaches.
+
+    The start states are ``env.reset(seed=first_seed + m)`` for ``m < n_states``; from each, the policy runs
+    ``n_rollouts`` episodes (stochastic actions; torch seeded with ``policy_seed``), and each episode's outcome
+    ``R_mk`` is compared with the critic's prediction ``V_m`` for that start state:
+
+    - ``brier``: ``mean((V_m - R_mk) ** 2)``;
+    - ``brier_constant`` and ``bss``: the same for the constant ``c = train_outcome_mean`` (what a baseline that
+      ignores the start state knows: the mean outcome of the end of training), and the Brier skill score
+      ``1 - brier / brier_constant``: > 0 when the critic predicts better than that constant;
+    - ``bss_base_rate``: the skill score against the held-out episodes' own mean ``p`` (Brier ``p (1 - p)``,
+      the best any constant can do, known only afterwards): > 0 only if the critic tells start states apart;
+    - ``start_state_share``: the share of the outcomes' variance that the start state explains, estimated
+      from the per-state success rates ``p_m`` (``1 - mean(p_m (1 - p_m)) K / (K - 1) / (p (1 - p))``): the
+      ceiling of ``bss_base_rate`` for a perfect critic (0 when the start state does not matter);
+    - ``ema_baseline`` and ``brier_ema_baseline`` when the model's estimator is the moving average: its value
+      at the end of training, and its Brier score as a constant predictor.
+
+    :param model: a trained SPPO model (any advantage estimator; its critic is trained in every case)
+    :param env_id: the sparse task
+    :param train_outcome_mean: the constant predictor ``c``
+    :param n_states: held-out start states ``M``
+    :param n_rollouts: episodes per start state ``K`` (>= 2)
+    :param first_seed: reset seed of the first start state
+    :param policy_seed: torch seed of the policy's action sampling
+    :return: the scores above and the raw data (``predictions``, ``success_per_state``)
+    :raises ValueError: if ``n_states < 1`` or ``n_rollouts < 2``
+    """
+    if n_states < 1 or n_rollouts < 2:
+        raise ValueError(f"need at least 1 start state and 2 rollouts each, got {n_states} and {n_rollouts}")
+    seeds = [first_seed + m for m in range(n_states)]
+    th.manual_seed(policy_seed)
+    starts, outcomes = _policy_outcomes(model, env_id, seeds, n_rollouts)
+    with th.no_grad():
+        obs_tensor, _ = model.policy.obs_to_tensor(starts)
+        predictions = model.policy.critic.baseline(obs_tensor).double().cpu().numpy().reshape(-1)
+    brier = float(np.mean((predictions[:, None] - outcomes) ** 2))
+    brier_constant = float(np.mean((train_outcome_mean - outcomes) ** 2))
+    rate = float(outcomes.mean())
+    base_rate_brier = rate * (1.0 - rate)
+    per_state = outcomes.mean(axis=1)
+    within = float(np.mean(per_state * (1.0 - per_state))) * n_rollouts / (n_rollouts - 1)
+    result: dict[str, Any] = {
+        "states": n_states,
+        "rollouts": n_rollouts,
+        "first_seed": first_seed,
+        "held_out_success": rate,
+        "train_outcome_mean": float(train_outcome_mean),
+        "prediction_mean": float(predictions.mean()),
+        "brier": brier,
+        "brier_constant": brier_constant,
+        "bss": _skill(brier, brier_constant),
+        "bss_base_rate": _skill(brier, base_rate_brier),
+        "start_state_share": _skill(within, base_rate_brier),
+        "predictions": predictions.tolist(),
+        "success_per_state": per_state.tolist(),
+    }
+    ema = getattr(model, "advantage_fn", None)
+    if model.advantage_estimator == "ema" and getattr(ema, "baseline", None) is not None:
+        value = float(ema.baseline)  # type: ignore[union-attr]
+        result["ema_baseline"] = value
+        result["brier_ema_baseline"] = float(np.mean((value - outcomes) ** 2))
+    return result
+
+
+def _skill(score: float, reference: float) -> float | None:
+    """``1 - score / reference``; ``None`` when the reference is 0 (every outcome the same and predicted)."""
+    return None if reference <= 0 else 1.0 - score / reference
+
+
 def run_rl(algo: str, config: TaskConfig, actor_state: dict[str, th.Tensor], seed: int) -> RLRun:
     """Stage 3 for one algorithm and seed: RL on the binary outcome from the start actor, for the budget of
-    ``rl.episodes`` training episodes."""
+    ``rl.episodes`` training episodes; then, for :data:`CALIBRATED_ALGOS`, :func:`measure_calibration` (not
+    counted in :attr:`RLRun.seconds`, recorded in the result's ``seconds``)."""
     th.set_num_threads(1)
     env = make_rl_env(config, seed=seed)
     model = build_rl_model(algo, config, env, seed)
     load_actor(model, actor_state)
-    recorder = SuccessRecorder(max_episodes=int(config.rl["episodes"]))
+    episodes = int(config.rl["episodes"])
+    recorder = SuccessRecorder(max_episodes=episodes)
     start = time.perf_counter()
     model.learn(total_timesteps=10**12, callback=recorder)
     seconds = time.perf_counter() - start
     env.close()
-    return RLRun(algo, seed, recorder.successes[: int(config.rl["episodes"])], seconds, int(model.num_timesteps))
+    successes = recorder.successes[:episodes]
+    calibration = None
+    if isinstance(model, SPPO):
+        window = int(config.rl.get("window", max(1, episodes // 30)))
+        settings = calibration_settings(config)
+        t0 = time.perf_counter()
+        calibration = measure_calibration(
+            model,
+            config.env_id,
+            float(np.mean(final_tail(successes, window))),
+            n_states=settings["states"],
+            n_rollouts=settings["rollouts"],
+            first_seed=settings["first_seed"],
+            policy_seed=seed,
+        )
+        calibration["seconds"] = time.perf_counter() - t0
+    return RLRun(algo, seed, successes, seconds, int(model.num_timesteps), calibration)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -596,16 +773,40 @@ def episodes_to_reach(run: RLRun, level: float, window: int) -> int | None:
     return int(hits[0] + window) if hits.size else None
 
 
-def summarize(runs: Sequence[RLRun], start_success: float, window: int, final_fraction: float = 0.1) -> list[dict]:
+CALIBRATION_KEYS = ("brier", "brier_constant", "bss", "bss_base_rate", "start_state_share", "held_out_success")
+"""Scores of :func:`measure_calibration` that :func:`summarize` aggregates over seeds."""
+
+
+def _summarize_calibration(sel: Sequence[RLRun]) -> dict[str, Any] | None:
+    """Mean, min, max and per-seed values of the calibration scores of some runs (``None`` if none has any)."""
+    measured = [r.calibration for r in sel if r.calibration is not None]
+    if not measured:
+        return None
+    out: dict[str, Any] = {"states": measured[0]["states"], "rollouts": measured[0]["rollouts"]}
+    keys = CALIBRATION_KEYS + (("brier_ema_baseline",) if all("brier_ema_baseline" in c for c in measured) else ())
+    for key in keys:
+        values = [c[key] for c in measured]
+        finite = [float(v) for v in values if v is not None]
+        out[key] = {
+            "mean": float(np.mean(finite)) if finite else None,
+            "min": float(np.min(finite)) if finite else None,
+            "max": float(np.max(finite)) if finite else None,
+            "per_seed": values,
+        }
+    return out
+
+
+def summarize(
+    runs: Sequence[RLRun], start_success: float, window: int, final_fraction: float = FINAL_FRACTION
+) -> list[dict]:
     """Per algorithm: start success, final success (last ``final_fraction`` of episodes; mean and spread over
-    seeds), and episodes to reach 50% and 80% (median over seeds; ``None`` if a seed never reached it)."""
+    seeds), episodes to reach 50% and 80% (median over seeds; ``None`` if a seed never reached it), and the
+    critic's calibration (``calibration``: each score's mean, min, max and per-seed values; ``None`` for the
+    algorithms without a sequence critic)."""
     rows = []
     for algo in dict.fromkeys(r.algo for r in runs):
         sel = [r for r in runs if r.algo == algo]
-        finals = []
-        for r in sel:
-            tail = max(window, int(len(r.successes) * final_fraction))
-            finals.append(float(np.mean(r.successes[-tail:])))
+        finals = [float(np.mean(final_tail(r.successes, window, final_fraction))) for r in sel]
         reach = {}
         for level in (0.5, 0.8):
             hits = [episodes_to_reach(r, level, window) for r in sel]
@@ -627,6 +828,7 @@ def summarize(runs: Sequence[RLRun], start_success: float, window: int, final_fr
                 "episodes_to_80": reach[0.8],
                 "seconds_mean": float(np.mean([r.seconds for r in sel])),
                 "episodes": int(np.median([len(r.successes) for r in sel])),
+                "calibration": _summarize_calibration(sel),
             }
         )
     return rows

@@ -44,6 +44,11 @@ class Episode:
         return len(self.rewards)
 
     @property
+    def flags(self) -> tuple[bool, bool]:
+        """The last step's ``(terminated, truncated)``."""
+        return self.terminated, self.truncated
+
+    @property
     def final_info(self) -> dict[str, Any]:
         """The last step's info."""
         return self.infos[-1]
@@ -82,6 +87,24 @@ def require_dynamics(env_id: str) -> None:
     requires = get_task(env_id).requires
     if requires is not None:
         pytest.importorskip(requires, reason=f"{env_id} needs {requires} (pip install 'sppo-rl[envs]')")
+
+
+def horizon_flags(env_id: str) -> tuple[bool, bool]:
+    """``(terminated, truncated)`` of the last step of an episode of ``env_id`` that runs to its horizon.
+
+    A sparse task ends there (its outcome is final: ``terminated``); its dense counterpart is truncated there
+    (a time limit on a continuing task).
+
+    :param env_id: a suite id.
+    :return: ``(True, False)`` for a sparse id, ``(False, True)`` for a dense one.
+    """
+    return (False, True) if get_task(env_id).dense_id == env_id else (True, False)
+
+
+@pytest.fixture
+def at_horizon() -> Callable[[str], tuple[bool, bool]]:
+    """:func:`horizon_flags`, as a fixture."""
+    return horizon_flags
 
 
 @pytest.fixture

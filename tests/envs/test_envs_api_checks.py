@@ -108,14 +108,18 @@ def test_monitor_outside_reports_the_sparse_return(policy, expected: float) -> N
     assert dense.get_episode_rewards()[0] not in (0.0, 1.0)
 
 
-def test_sb3_vec_env_sees_truncation_at_the_horizon_and_the_outcome() -> None:
-    venv = DummyVecEnv([lambda: Monitor(gymnasium.make("SparsePendulum-v0", horizon=5))])
+@pytest.mark.parametrize(("options", "truncation"), [({}, False), ({"horizon_ends_task": False}, True)])
+def test_sb3_vec_env_sees_the_end_of_the_task_at_the_horizon_and_the_outcome(
+    options: dict[str, bool], truncation: bool
+) -> None:
+    venv = DummyVecEnv([lambda: Monitor(gymnasium.make("SparsePendulum-v0", horizon=5, **options))])
     venv.seed(0)
     venv.reset()
     for step in range(5):
         _, rewards, dones, infos = venv.step(np.zeros((1, 1), dtype=np.float32))
         assert dones[0] == (step == 4)
-    assert infos[0]["TimeLimit.truncated"] is True
+    # SB3 bootstraps from terminal_observation only when TimeLimit.truncated is True
+    assert infos[0]["TimeLimit.truncated"] is truncation
     assert "is_success" in infos[0] and "terminal_observation" in infos[0]
     assert rewards[0] == float(infos[0]["is_success"]) == infos[0]["episode"]["r"]
 

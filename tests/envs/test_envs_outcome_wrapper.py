@@ -91,13 +91,14 @@ def rollout(env: gymnasium.Env[Any, Any]) -> tuple[list[float], list[dict[str, A
 
 
 @pytest.mark.parametrize("verdict", [True, False])
-def test_episode_is_truncated_at_exactly_the_horizon_and_the_rule_judges_it(verdict: bool) -> None:
+def test_episode_ends_the_task_at_exactly_the_horizon_and_the_rule_judges_it(verdict: bool) -> None:
     rule = RecordingRule(verdict)
     inner = CountingEnv()
     env = SparseOutcomeWrapper(inner, horizon=5, success_rule=rule)
+    assert env.horizon_ends_task is True
     rewards, infos, terminated, truncated = rollout(env)
     assert len(rewards) == 5
-    assert (terminated, truncated) == (False, True)
+    assert (terminated, truncated) == (True, False)  # the outcome is final: the horizon is the end of the task
     assert rewards == [0.0, 0.0, 0.0, 0.0, float(verdict)]
     assert all(type(reward) is float for reward in rewards)
     assert all("is_success" not in info for info in infos[:-1])
@@ -112,6 +113,35 @@ def test_episode_is_truncated_at_exactly_the_horizon_and_the_rule_judges_it(verd
     assert final.reward == 10.0 and final.info["count"] == 5
     assert float(final.observation[0]) == 5.0
     assert final.env is inner
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "option", "flags"),
+    [
+        (SparseOutcomeWrapper, None, (True, False)),
+        (SparseOutcomeWrapper, True, (True, False)),
+        (SparseOutcomeWrapper, False, (False, True)),
+        (OutcomeWrapper, None, (False, True)),
+        (OutcomeWrapper, False, (False, True)),
+        (OutcomeWrapper, True, (True, False)),
+    ],
+)
+def test_horizon_ends_task_chooses_termination_or_truncation_and_nothing_else(
+    wrapper: type[OutcomeWrapper[Any, Any]], option: bool | None, flags: tuple[bool, bool]
+) -> None:
+    env = wrapper(CountingEnv(), horizon=4, success_rule=RecordingRule(True), horizon_ends_task=option)
+    rewards, infos, terminated, truncated = rollout(env)
+    assert (terminated, truncated) == flags
+    assert len(rewards) == 4 and infos[-1]["end_reason"] == "horizon" and infos[-1]["is_success"] is True
+    assert rewards[-1] == (1.0 if wrapper is SparseOutcomeWrapper else 10.0)
+    # an early termination is a termination either way, and no step before the last one ends anything
+    early = wrapper(CountingEnv(terminate_at=2), horizon=4, success_rule=RecordingRule(True), horizon_ends_task=option)
+    assert rollout(early)[2:] == (True, False)
+
+
+def test_horizon_ends_task_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="horizon_ends_task must be a bool"):
+        SparseOutcomeWrapper(CountingEnv(), horizon=4, success_rule=RecordingRule(True), horizon_ends_task=1)  # type: ignore[arg-type]
 
 
 def test_early_termination_is_a_failure_without_asking_the_rule() -> None:

@@ -35,11 +35,11 @@ def cartpole_deadband() -> Any:
 
 
 @pytest.mark.parametrize("env_id", ["SparsePrecisionCartPole-v0", "DensePrecisionCartPole-v0"])
-def test_cartpole_precise_controller_succeeds(env_id: str, episode_runner) -> None:
+def test_cartpole_precise_controller_succeeds(env_id: str, episode_runner, at_horizon) -> None:
     env = gymnasium.make(env_id)
     for seed in range(3):
         episode = episode_runner(env, cartpole_pd, seed)
-        assert episode.length == 200 and episode.truncated and not episode.terminated
+        assert episode.length == 200 and episode.flags == at_horizon(env_id)
         assert abs(float(episode.observations[-1][2])) <= math.radians(0.5)
         assert episode.final_info["is_success"] is True
         if env_id.startswith("Sparse"):
@@ -56,7 +56,8 @@ def test_cartpole_falling_pole_is_an_early_failure(episode_runner) -> None:
 
 def test_cartpole_pole_up_but_not_precise_is_a_failure(episode_runner) -> None:
     episode = episode_runner(gymnasium.make("SparsePrecisionCartPole-v0"), cartpole_deadband(), seed=0)
-    assert episode.length == 200 and not episode.terminated
+    assert episode.length == 200 and episode.flags == (True, False)  # the horizon ends the task
+    assert episode.final_info["end_reason"] == "horizon"  # not a fall: the base env did not terminate
     assert abs(float(episode.observations[-1][2])) > math.radians(0.5)
     assert episode.rewards[-1] == 0.0 and episode.final_info["is_success"] is False
 
@@ -109,9 +110,9 @@ def test_mountain_car_energy_pumping_reaches_the_flag(env_id: str, episode_runne
 
 
 @pytest.mark.parametrize("env_id", CAR_IDS[:2])
-def test_mountain_car_idle_fails_at_the_horizon(env_id: str, episode_runner) -> None:
+def test_mountain_car_idle_fails_at_the_horizon(env_id: str, episode_runner, at_horizon) -> None:
     episode = episode_runner(gymnasium.make(env_id), mountain_car_idle, seed=0)
-    assert episode.length == 1000 and episode.truncated and not episode.terminated
+    assert episode.length == 1000 and episode.flags == at_horizon(env_id)
     assert episode.rewards == [0.0] * 1000 and episode.final_info["is_success"] is False
 
 
@@ -144,11 +145,11 @@ def pendulum_damper(observation: Any, env: gymnasium.Env[Any, Any]) -> np.ndarra
 
 
 @pytest.mark.parametrize("env_id", ["SparsePendulum-v0", "DensePendulum-v0"])
-def test_pendulum_swing_up_and_balance_succeeds(env_id: str, episode_runner) -> None:
+def test_pendulum_swing_up_and_balance_succeeds(env_id: str, episode_runner, at_horizon) -> None:
     env = gymnasium.make(env_id)
     for seed in range(2):
         episode = episode_runner(env, pendulum_swing_up, seed)
-        assert episode.length == 1000 and episode.truncated
+        assert episode.length == 1000 and episode.flags == at_horizon(env_id)
         assert float(episode.observations[-1][0]) > 0.8
         assert episode.final_info["is_success"] is True
         if env_id.startswith("Sparse"):
@@ -217,7 +218,7 @@ def test_lander_free_fall_crashes_early_and_fails(env_id: str, episode_runner, n
 def test_lander_still_flying_at_the_horizon_fails(episode_runner, needs_dynamics) -> None:
     needs_dynamics("SparseLunarLander-v0")
     episode = episode_runner(gymnasium.make("SparseLunarLander-v0", horizon=50), lander_heuristic, seed=1)
-    assert episode.length == 50 and episode.truncated
+    assert episode.length == 50 and episode.flags == (True, False)
     assert episode.final_info["end_reason"] == "horizon" and episode.final_info["is_success"] is False
 
 
@@ -290,7 +291,9 @@ def test_hopper_rule_on_constructed_final_states(needs_dynamics) -> None:
 
 
 @pytest.mark.parametrize("env_id", ["SparseHopper-v0", "DenseHopper-v0"])
-def test_hopper_moved_forward_before_the_last_step_succeeds_at_the_horizon(env_id: str, needs_dynamics) -> None:
+def test_hopper_moved_forward_before_the_last_step_succeeds_at_the_horizon(
+    env_id: str, needs_dynamics, at_horizon
+) -> None:
     needs_dynamics(env_id)
     env = gymnasium.make(env_id, horizon=3)
     env.reset(seed=0)
@@ -305,7 +308,7 @@ def test_hopper_moved_forward_before_the_last_step_succeeds_at_the_horizon(env_i
     qpos[0] += 2.0
     hopper.set_state(qpos, qvel)
     _, reward, terminated, truncated, info = env.step(zero)
-    assert truncated and not terminated and info["end_reason"] == "horizon"
+    assert (terminated, truncated) == at_horizon(env_id) and info["end_reason"] == "horizon"
     assert info["x_position"] > 1.0 and info["is_success"] is True
     if env_id.startswith("Sparse"):
         assert reward == 1.0
@@ -315,7 +318,7 @@ def test_hopper_without_progress_fails_at_the_horizon(needs_dynamics, episode_ru
     needs_dynamics("SparseHopper-v0")
     env = gymnasium.make("SparseHopper-v0", horizon=5)
     episode = episode_runner(env, lambda observation, env: np.zeros(3, dtype=np.float32), seed=0)
-    assert episode.length == 5 and episode.truncated and episode.final_info["is_success"] is False
+    assert episode.length == 5 and episode.flags == (True, False) and episode.final_info["is_success"] is False
 
 
 def test_hopper_fall_is_an_early_failure(needs_dynamics, episode_runner) -> None:
