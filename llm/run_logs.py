@@ -208,8 +208,8 @@ class TrackioTracker(KVWriter):
 
 
 class MLflowTracker(KVWriter):
-    """MLflow (a local SQLite store ``mlflow.db`` in the output folder unless ``MLFLOW_TRACKING_URI`` says
-    otherwise)."""
+    """MLflow: a local SQLite store ``mlflow.db`` and the artifacts (completion tables) in ``mlartifacts/`` of the
+    output folder, unless ``MLFLOW_TRACKING_URI`` names another server or store."""
 
     name = "mlflow"
 
@@ -219,6 +219,9 @@ class MLflowTracker(KVWriter):
         self.mlflow = mlflow
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             mlflow.set_tracking_uri(f"sqlite:///{Path(folder, 'mlflow.db').resolve()}")
+            if mlflow.get_experiment_by_name(project) is None:
+                # artifacts (the completion tables) beside the store, not in ./mlruns of the working directory
+                mlflow.create_experiment(project, artifact_location=Path(folder, "mlartifacts").resolve().as_uri())
         mlflow.set_experiment(project)
         stored = Path(folder) / ".mlflow_run_id"
         run_id = stored.read_text().strip() if stored.is_file() else None

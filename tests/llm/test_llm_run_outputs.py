@@ -154,6 +154,9 @@ def test_trackers_log_locally_and_continue_the_run_on_resume(
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # a tracker writes into the run's folder, never into the working directory
     out = tmp_path / "run"
     project = f"sppo-test-{tmp_path.name}"
     report = ["--set", f"train.report_to=[{tracker}]", "--set", f"train.project={project}", "--quiet"]
@@ -173,12 +176,15 @@ def test_trackers_log_locally_and_continue_the_run_on_resume(
         mlflow.set_tracking_uri(f"sqlite:///{(out / 'mlflow.db').resolve()}")
         history = mlflow.MlflowClient().get_metric_history(run_id, "rollout/reward_mean")
         assert sorted(m.step for m in history) == [16, 32, 48]  # 3 iterations of 16 responses, one run
+        tables = sorted(p.name for p in (out / "mlartifacts").rglob("completions_*.json"))
+        assert tables == ["completions_16.json", "completions_32.json", "completions_48.json"]
     else:
         import trackio
 
         logs = trackio.SQLiteStorage.get_logs(project, run=run_id)
         steps = sorted({int(row["step"]) for row in logs if "rollout/reward_mean" in row})
         assert steps == [16, 32, 48]  # one run, continued on resume
+    assert not list(workdir.iterdir())
 
 
 def test_an_unknown_tracker_lists_the_known_ones(tmp_path: Path, capsys: Any) -> None:
