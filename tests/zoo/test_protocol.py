@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import gymnasium
@@ -395,3 +396,68 @@ def test_merge_results_puts_seed_groups_together(tmp_path: Path) -> None:
     other = _part(tmp_path / "c", [_run("sppo", 4, [1.0] * 8)], seconds=1.0, start_success=0.5)
     with pytest.raises(ZooError, match="different start policies"):
         merge_results([a, other], tmp_path / "other")
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_a_killed_suite_takes_its_worker_processes_with_it(tmp_path: Path) -> None:
+    """SIGKILL on ``sppo-zoo suite --jobs 2`` (a scheduler's time limit): its two training processes stop too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    entry = yaml.safe_load(protocol.SUITE_CONFIG.read_text())[CARTPOLE]
+    entry["rl"].update({"episodes": 100_000, "n_envs": 4, "episodes_per_update": 8, "batch_episodes": 4})
+    config_path = tmp_path / "suite.yml"
+    config_path.write_text(yaml.safe_dump({CARTPOLE: entry}))
+    cmd = [sys.executable, "-m", "sppo_rl.zoo", "suite", "--env", CARTPOLE, "--algos", "sppo", "--seeds", "0", "1"]
+    cmd += ["--jobs", "2", "--config", str(config_path), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        workers: list[int] = []
+        while time.time() < deadline and proc.poll() is None:
+            # the two spawned workers (and multiprocessing's resource tracker), once they are training
+            workers = [p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+            # past the imports (about 3 s of CPU), in the middle of a run
+            if len(workers) >= 2 and all(_cpu_seconds(p) > 8 for p in workers):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None and len(workers) >= 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        deadline = time.time() + 60
+        while any(_alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in workers if _alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
