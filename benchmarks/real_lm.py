@@ -395,6 +395,34 @@ def brier_skill(predicted: list[float], observed: list[float], base_rate: float)
     }
 
 
+def online_skill(iterations: list[dict[str, Any]], decay: float = 0.9, window: int = 10) -> list[dict[str, float]]:
+    """The critic against the moving-average baseline on the training responses, as the run goes.
+
+    Each iteration logs the Brier score of the critic's ``V(prompt)`` from *before* its update on that iteration's
+    responses (prompts it has not been trained on): ``value_brier``. The moving average ``b`` of the ``ema``
+    estimator (its decay, the previous iterations' success rates; the first iteration its own) scores
+    ``mean (R - b)^2 = r - 2 b r + b^2`` on the same responses (``r`` their success rate). Both are the mean squared
+    advantage each baseline would give; their ratio over a sliding window of iterations is the skill.
+
+    :param iterations: the run's iteration records (``reward_mean``, ``value_brier``)
+    :param decay: the moving average's decay (the ``ema`` estimator's default, 0.9)
+    :param window: iterations per point
+    :return: per iteration: ``iteration``, ``brier_critic``, ``brier_ema`` (window means) and ``skill``
+    """
+    out: list[dict[str, float]] = []
+    b: float | None = None
+    critic, ema = [], []
+    for i, row in enumerate(iterations):
+        r = float(row["reward_mean"])
+        base = r if b is None else b
+        critic.append(float(row["value_brier"]))
+        ema.append(r - 2 * base * r + base**2)
+        b = r if b is None else decay * b + (1 - decay) * r
+        c, e = sum(critic[-window:]) / len(critic[-window:]), sum(ema[-window:]) / len(ema[-window:])
+        out.append({"iteration": i + 1, "brier_critic": c, "brier_ema": e, "skill": 1 - c / e if e > 0 else 0.0})
+    return out
+
+
 CRITIC_VARIANTS: dict[str, dict[str, Any]] = {
     "lr3e-5_top8_1pass": {"critic_lr": 3e-5, "critic_layers": 8, "passes": 1},
     "lr1e-4_top8_1pass": {"critic_lr": 1e-4, "critic_layers": 8, "passes": 1},
@@ -606,6 +634,13 @@ class MethodRun:
             if key in metrics:
                 row[key.split("/", 1)[1]] = metrics[key]
         self.iterations.append(row)
+        if self.args.log_every and len(self.iterations) % self.args.log_every == 0:
+            value = f" V {row['value_mean']:.2f} Brier {row['value_brier']:.3f}" if "value_brier" in row else ""
+            print(
+                f"[{self.method}] it {self.trainer.iteration:4d}  train {self.train_s:6.1f}s  "
+                f"reward {row['reward_mean']:.3f}{value}  ({wall:.1f}s wall)",
+                flush=True,
+            )
         if self.train_s >= self.next_eval or self.done:
             self.evaluate(row)
             while self.next_eval <= self.train_s:
@@ -681,6 +716,7 @@ class MethodRun:
             out["calibration"]["observed"] = sampled["per_prompt"]
             out["calibration"]["kinds"] = kinds
             out["calibration"]["samples_per_prompt"] = args.calib_samples
+            out["online_skill"] = online_skill(self.iterations)
             out["calibration"]["seconds"] = sampled["seconds"]
             out["calibration"]["sampled_accuracy"] = sampled["accuracy"]
             out["calibration"]["predicted_mean"] = sum(predicted) / len(predicted)
@@ -816,6 +852,48 @@ def critic_table(runs: dict[str, dict[str, Any]]) -> str:
         "skill vs held-out mean",
     ]
     return markdown_table("The critic on the held-out prompts, end of the run", header, rows)
+
+
+def plot_critic(run: dict[str, Any], path: str, title: str) -> None:
+    """The SPPO critic: ``V(prompt)`` against the observed success of each held-out prompt (by kind), and its
+    windowed Brier score on the training responses against the moving-average baseline's (:func:`online_skill`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = run["calibration"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    ax = axes[0]
+    rng = random.Random(0)
+    for kind, colour in zip(
+        sorted(set(cal["kinds"])), ["tab:blue", "tab:orange", "tab:green", "tab:red"], strict=False
+    ):
+        sel = [i for i, k in enumerate(cal["kinds"]) if k == kind]
+        jitter = [cal["observed"][i] + rng.uniform(-0.03, 0.03) for i in sel]
+        ax.scatter([cal["predicted"][i] for i in sel], jitter, s=12, alpha=0.6, color=colour, label=kind)
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    skill = cal.get("skill")
+    if skill:
+        ax.axvline(skill["base_rate"], color="black", lw=1, ls=":", label="training base rate")
+        ax.set_title(f"held-out prompts: Brier skill {skill['skill']:+.2f} against the base rate", fontsize=9)
+    ax.set_xlabel("critic V(prompt), end of the run")
+    ax.set_ylabel(f"observed success of {cal['samples_per_prompt']} responses (jittered)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    points = online_skill(run["iterations"])
+    xs = [p["iteration"] for p in points]
+    ax.plot(xs, [p["brier_critic"] for p in points], color="tab:blue", label="critic V(prompt), before its update")
+    ax.plot(xs, [p["brier_ema"] for p in points], color="tab:green", label="moving average of past outcomes")
+    ax.set_xlabel("SPPO iteration")
+    ax.set_ylabel("mean (R - baseline)^2 on the training responses (10 iterations)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(runs: dict[str, dict[str, Any]], base: dict[str, Any], path: str, title: str) -> None:
@@ -1038,6 +1116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for real_lm.json and real_lm.png")
     p.add_argument("--report", metavar="JSON", help="print the Markdown tables of a saved real_lm.json and exit")
     p.add_argument("--tag", default="", help="label stored in the JSON and the plot title")
+    p.add_argument("--log-every", type=int, default=0, help="print a line every K iterations of a method (0: off)")
+    p.add_argument(
+        "--base-from", metavar="JSON", help="take the base model's evaluation from an earlier run's real_lm.json"
+    )
     return p
 
 
@@ -1069,10 +1151,23 @@ def report(path: str) -> str:
         out += [f"| {b['bucket']} | {b['n']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in cal["buckets"]]
         out += ["", "| kind | prompts | mean predicted | observed success |", "|---|---|---|---|"]
         out += [f"| {b['kind']} | {b['n']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in cal["per_kind"]]
+        if cal.get("per_size"):
+            out += ["", "| operand digits | prompts | mean predicted | observed success |", "|---|---|---|---|"]
+            out += [f"| {b['kind']} | {b['n']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in cal["per_size"]]
         out.append(
             f"\nBrier (vs observed rate) {cal['brier_vs_observed_rate']:.4f}, constant-mean Brier "
             f"{cal['brier_of_constant_mean']:.4f}, ECE {cal['expected_calibration_error']:.3f}"
         )
+        out.append(critic_table(runs))
+        points = online_skill(runs["sppo"]["iterations"])
+        late = points[len(points) // 2 :]
+        if late:
+            critic = sum(p["brier_critic"] for p in late) / len(late)
+            ema = sum(p["brier_ema"] for p in late) / len(late)
+            out.append(
+                f"\nOn the training responses, second half of the run (windows of 10 iterations): mean (R - V)^2 "
+                f"{critic:.4f} with the critic, {ema:.4f} with the moving average (skill {1 - critic / ema:+.3f})"
+            )
     out.append("\n" + json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
     return "\n".join(out)
 
@@ -1122,6 +1217,8 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.report, encoding="utf-8") as f:
                 data = json.load(f)
             plot(data["runs"], data["base"], os.path.join(args.out, "real_lm.png"), plot_title(data))
+            if "calibration" in data["runs"].get("sppo", {}):
+                plot_critic(data["runs"]["sppo"], os.path.join(args.out, "real_lm_critic.png"), plot_title(data))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1170,9 +1267,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "auto":
         engine_check = choose_engine(policy, held_out, rewards, args, device)
         args.engine = engine_check["engine"]
-    evaluate(policy, llm.PromptDataset(eval_rows[:8]), rewards, args)  # warm-up (CUDA kernels)
-    base_eval = evaluate(policy, held_out, rewards, args)
-    if args.eval_sampled_k:
+    if args.base_from:  # the same held-out set, seed and settings, measured by an earlier run
+        with open(args.base_from, encoding="utf-8") as f:
+            base_eval = json.load(f)["base"]
+        base_eval.update(samples=base_eval.get("samples", []), reused_from=args.base_from)
+    else:
+        evaluate(policy, llm.PromptDataset(eval_rows[:8]), rewards, args)  # warm-up (CUDA kernels)
+        base_eval = evaluate(policy, held_out, rewards, args)
+    if args.eval_sampled_k and not args.base_from:
         sampled = evaluate(policy, held_out, rewards, args, k=args.eval_sampled_k)
         base_eval["sampled_accuracy"] = sampled["accuracy"]
         base_eval["sampled_per_kind"] = sampled["per_kind"]
@@ -1229,6 +1331,8 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         write_json(os.path.join(args.out, "real_lm.json"), result)
         plot(runs, base_eval, os.path.join(args.out, "real_lm.png"), plot_title(result))
+        if "calibration" in runs.get("sppo", {}):
+            plot_critic(runs["sppo"], os.path.join(args.out, "real_lm_critic.png"), plot_title(result))
         print(f"wrote {args.out}/real_lm.json and real_lm.png", flush=True)
     return 0
 

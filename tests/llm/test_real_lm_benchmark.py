@@ -91,6 +91,19 @@ def test_brier_skill_by_hand(real_lm: Any) -> None:
     assert score["brier"] == pytest.approx(sum((p - o) ** 2 for p, o in outcomes) / 6)
 
 
+def test_online_skill_against_the_moving_average_by_hand(real_lm: Any) -> None:
+    iterations = [{"reward_mean": 0.5, "value_brier": 0.2}, {"reward_mean": 0.25, "value_brier": 0.1}]
+    points = real_lm.online_skill(iterations, decay=0.9, window=2)
+    # iteration 1: b is the batch's own mean 0.5, mean (R - 0.5)^2 = 0.25; iteration 2: b = 0.5 again (the average
+    # of one batch), r = 0.25: r - 2 b r + b^2 = 0.25 - 0.25 + 0.25 = 0.25
+    assert points[0] == {"iteration": 1, "brier_critic": 0.2, "brier_ema": 0.25, "skill": pytest.approx(0.2)}
+    assert points[1]["brier_critic"] == pytest.approx(0.15) and points[1]["brier_ema"] == pytest.approx(0.25)
+    assert points[1]["skill"] == pytest.approx(1 - 0.15 / 0.25)
+    third = real_lm.online_skill([*iterations, {"reward_mean": 1.0, "value_brier": 0.0}], decay=0.9, window=1)
+    b = 0.9 * 0.5 + 0.1 * 0.25  # the average after two batches
+    assert third[2]["brier_ema"] == pytest.approx(1 - 2 * b + b**2) and third[2]["skill"] == pytest.approx(1.0)
+
+
 def test_time_to_reach(real_lm: Any) -> None:
     curve = [{"train_s": 0, "tokens": 0, "accuracy": 0.2}, {"train_s": 60, "tokens": 900, "accuracy": 0.35}]
     assert real_lm.time_to_reach(curve, 0.3) == 60
