@@ -6,7 +6,7 @@ EXTRAS ?= all
 # The CPU wheel of torch must be installed before the package: a plain `torch` pulls GBs of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test test-all lint clean real-lm test-verl
+.PHONY: venv demo test test-all lint clean real-lm test-verl docs docs-check dist test-wheel
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,5 +54,26 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The documentation site (mkdocs.yml) into site/. --strict: a broken link or heading, a missing API reference or a
+# docstring that fails to render is an error.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The built site in headless Chromium (Debian's chromium package, driven by Playwright): home, API and results
+# pages without console errors, images loaded, code blocks rendered, search answers; screenshots in site-check/.
+docs-check: docs
+	$(PY) tools/check_site.py site --out site-check
+
+# The sdist and the wheel into dist/, checked with twine.
+dist: venv
+	rm -rf dist
+	$(PY) -m build --no-isolation
+	$(VENV)/bin/twine check --strict dist/*
+
+# Builds both again in a temporary folder and installs the wheel into a fresh venv outside the repository, which
+# runs sppo-zoo and sppo-llm (tests/test_packaging.py; pip needs the package index).
+test-wheel: venv
+	$(PY) -m pytest tests/test_packaging.py -q --timeout=1800
+
 clean:
-	rm -rf $(VENV) $(VERL_VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) build dist site site-check *.egg-info .pytest_cache

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,10 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "llm_gpu_smoke",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
-        "peft": __import__("peft").__version__,
+        "machine": machine_info(),
         "dtype": args.dtype,
         "policy_shape": "tiny" if args.tiny else "DeepSeek-R1-Distill-Qwen-1.5B",
         "policy_params_m": round((n_params - sum(p.numel() for p in policy.trainable_parameters())) / 1e6, 1),
@@ -292,10 +290,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "value_loss": last.get("train/value_loss"),
         "grad_norm": last["train/grad_norm"],
     }
-    line = json.dumps(result)
-    print(line, flush=True)
+    print(json.dumps(result), flush=True)
     if args.out:
-        Path(args.out).write_text(line + "\n")
+        write_json(args.out, result)
     return result
 
 

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import platform
 import random
 import sys
 import time
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, markdown_table, write_json
 from llm_gpu_smoke import QWEN2_1P5B, build_model, import_sppo_llm
 
 QWEN2_7B = {
@@ -93,7 +93,7 @@ class Run:
 
     def save(self) -> None:
         if self.args.out:
-            Path(self.args.out).write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+            write_json(self.args.out, self.results)
 
     def log(self, *msg: Any) -> None:
         print(f"[{self.elapsed():7.1f}s]", *msg, flush=True)
@@ -130,7 +130,7 @@ def environment(run: Run) -> dict[str, Any]:
     import transformers
 
     env = {
-        "python": platform.python_version(),
+        **machine_info(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "transformers": transformers.__version__,
@@ -205,20 +205,6 @@ def set_checkpointing(model: Any, on: bool) -> None:
 
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
-        return str(v)
-
-    cells = [[fmt(v) for v in r] for r in rows]
-    lines = [f"\n### {title}", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in cells]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -505,7 +491,7 @@ def print_decode(res: dict[str, Any]) -> None:
             ]
         )
     print(
-        table(
+        markdown_table(
             f"Decode (copy bandwidth {res.get('copy_bandwidth_tb_s')} TB/s; checks {res.get('checks')})",
             [
                 "case",
@@ -813,7 +799,7 @@ def print_throughput(res: dict[str, Any]) -> None:
         for s in res["steps"]
     ]
     print(
-        table(
+        markdown_table(
             f"Step throughput (SPPO / GRPO prompts per second = {res.get('speedup_prompts_per_s')}; generation "
             f"ratio {res.get('generation_ratio')}, training ratio {res.get('training_ratio')})",
             [
@@ -843,7 +829,7 @@ def print_throughput(res: dict[str, Any]) -> None:
         for c in res["checkpointing"]
     ]
     print(
-        table(
+        markdown_table(
             "Policy update of the 7B LoRA policy (1.5B critic resident)",
             ["checkpointing", "micro-batch", "sequences", "update s", "s per sequence", "peak GiB"],
             rows,
@@ -916,7 +902,7 @@ def print_memory(res: dict[str, Any], total: float | None) -> None:
             ]
         )
     print(
-        table(
+        markdown_table(
             "Peak GPU memory of an SPPO step, 7B LoRA policy",
             [
                 "critic",

@@ -12,9 +12,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
 from collections import Counter
@@ -22,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium
+from common import machine_info, markdown_table, write_json
 from sppo_rl.envs import DENSE_REWARD_KEY, END_REASON_KEY, IS_SUCCESS_KEY, SUITE, get_task  # registers the ids
-from sppo_rl.envs.table import markdown_table
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "random_policy_success.json"
 
@@ -105,7 +103,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
             )
         )
     header = ("id", "H", "random success", "95% CI (Wilson)", "mean length", "mean dense return", "episode ends")
-    return markdown_table(header, rows)
+    return markdown_table("Success of a uniformly random policy", header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,15 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         "policy": "uniform random (action_space.sample())",
         "episodes_per_id": args.episodes,
         "seed": args.seed,
-        "versions": {
-            "python": platform.python_version(),
-            "gymnasium": gymnasium.__version__,
-            "sppo_rl": getattr(sys.modules.get("sppo_rl"), "__version__", "unknown"),
-        },
+        "machine": machine_info(("gymnasium", "numpy", "sppo-rl")),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 

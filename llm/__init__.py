@@ -13,12 +13,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import CriticSpec, DistributedSettings, GenerationSettings, LoraSettings, ModelSpec, TrainerConfig
-from .data import EmptyDatasetError, PromptDataset, PromptSampler, PromptTemplate, load_prompt_dataset, load_rows
+from .data import (
+    DatasetFileError,
+    DatasetRowError,
+    EmptyDatasetError,
+    PromptDataset,
+    PromptSampler,
+    PromptTemplate,
+    load_prompt_dataset,
+    load_rows,
+)
 from .rewards import (
     BoxedMathVerifier,
     ExactMatchVerifier,
     FunctionReward,
     ReasoningGymVerifier,
+    RewardFailureWarning,
+    RewardFunctionError,
     RewardRunner,
     Verifier,
     VerifierResult,
@@ -52,6 +63,8 @@ __all__ = [
     "BoxedMathVerifier",
     "CriticSpec",
     "DataSpec",
+    "DatasetFileError",
+    "DatasetRowError",
     "DistributedSettings",
     "EmptyDatasetError",
     "EvalSettings",
@@ -68,6 +81,8 @@ __all__ = [
     "PromptTemplate",
     "PromptTooLongError",
     "ReasoningGymVerifier",
+    "RewardFailureWarning",
+    "RewardFunctionError",
     "RewardRunner",
     "RewardSpec",
     "RunConfig",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .data import PromptDataset
 from .evaluation import METRICS
-from .loading import build_rewards
+from .loading import build_rewards, reward_options
 from .math_benchmarks import PAPER_TEMPLATE, MathBenchmark, load_benchmark_rows, resolve_benchmarks
 from .rewards import RewardRunner
 from .run_config import RewardSpec
@@ -58,9 +58,12 @@ def benchmark_rewards(trainer: SPPOTrainer) -> RewardRunner:
     :param trainer: the trainer whose run config gives the reward options
     """
     spec = trainer.run_config.reward if trainer.run_config is not None else RewardSpec()
-    options = dict(spec.options) if spec.name in ("boxed_math", "math") else {}
+    names = [spec.name] if isinstance(spec.name, str) else list(spec.name)
+    math_name = next((n for n in names if n in ("boxed_math", "math")), None)
+    options = reward_options(spec)[names.index(math_name)] if math_name is not None else {}
     options["answer_column"] = "answer"
-    return build_rewards(RewardSpec(name="boxed_math", options=options, timeout_s=spec.timeout_s))
+    single = RewardSpec(name="boxed_math", options=options, timeout_s=spec.timeout_s, workers=spec.workers)
+    return build_rewards(single)
 
 
 def prepare_benchmarks(
@@ -162,7 +165,7 @@ def evaluate_math_benchmarks(
         header = {"title": bench.title, "dataset": bench.dataset_id, "split": bench.split}
         sampling = {"temperature": gen.temperature, "max_new_tokens": gen.max_new_tokens, "top_p": gen.top_p}
         results[bench.name] = {**header, **sampling, **result}
-    verifier = rewards.verifiers[0]
+    verifier = rewards.answer_verifier
     settings = {
         "template": template,
         "chat_template": trainer.config.chat_template,

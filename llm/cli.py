@@ -108,11 +108,12 @@ def _summary(trainer: Any, output_dir: str, final: str) -> dict[str, Any]:
     rewards = [float(r["rollout/reward_mean"]) for r in rows if r.get("rollout/reward_mean")]
     summary: dict[str, Any] = {"checkpoint": final, "iteration": trainer.iteration, "responses": trainer.num_timesteps}
     if rows and rewards:
+        # a logged row averages the iterations since the previous one (see SPPOTrainer.learn's log_interval)
+        summary["logged_rows"] = len(rows)
         summary["first_logged_iteration"] = int(float(rows[0]["time/iterations"]))
-        summary["reward_first_iteration"] = rewards[0]
-        window = rewards[-min(10, len(rewards)) :]
-        summary["reward_last_10_iterations"] = sum(window) / len(window)
-        summary["success_rate_last"] = float(rows[-1]["rollout/success_rate"])
+        summary["reward_first_logged"] = rewards[0]
+        summary["reward_last_logged"] = rewards[-1]
+        summary["success_rate_last_logged"] = float(rows[-1]["rollout/success_rate"])
     elif trainer.history:
         summary["reward_last_iteration"] = trainer.history[-1]["rollout/reward_mean"]
     return summary

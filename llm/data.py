@@ -5,7 +5,13 @@ A :class:`PromptDataset` holds rows (dicts) and knows how to turn a row into cha
 template, a decoupled critic with its own), see :func:`render_messages`. A :class:`PromptSampler` walks the
 dataset in seeded, reshuffled epochs and can save and restore its position (for exact resumes).
 
-Everything here is offline: local files go through ``datasets.load_dataset("json" | "parquet" | "csv",
+TRL's conventions: the prompt is the ``prompt`` column (``question`` when the rows have no ``prompt``), either text
+or a list of chat messages (a conversational dataset); every other column is passed to the reward functions by
+name. Every row is checked when the dataset is built: a row without a prompt, or with an empty one, is a
+:class:`DatasetRowError` naming the row.
+
+Everything here is offline: ``.jsonl`` files are read line by line (a bad line is a :class:`DatasetFileError`
+naming the file and the line), other local files go through ``datasets.load_dataset("json" | "parquet" | "csv",
 data_files=...)``, procedural tasks are generated in-process by ``reasoning_gym.create_dataset``. Nothing is
 downloaded, except a registered math dataset named as ``"benchmark:<name>"`` (:mod:`sppo_rl.llm.math_benchmarks`),
 which ``datasets`` loads from the Hugging Face Hub unless a local copy is given.
@@ -13,11 +19,13 @@ which ``datasets`` loads from the Hugging Face Hub unless a local copy is given.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,6 +34,8 @@ from .math_benchmarks import benchmark_source_rows, is_benchmark_source
 
 __all__ = [
     "TOY_TASKS",
+    "DatasetFileError",
+    "DatasetRowError",
     "EmptyDatasetError",
     "PromptDataset",
     "PromptSampler",
@@ -33,6 +43,7 @@ __all__ = [
     "load_prompt_dataset",
     "load_rows",
     "make_toy_rows",
+    "read_jsonl",
     "render_messages",
 ]
 
@@ -47,6 +58,17 @@ class EmptyDatasetError(ValueError):
     """A prompt dataset with no rows (nothing to train or evaluate on)."""
 
 
+class DatasetFileError(ValueError):
+    """A dataset file that cannot be read (the message names the file, and the line of a ``.jsonl``)."""
+
+
+class DatasetRowError(KeyError, ValueError):
+    """A row without a usable prompt (the message names the row and the column)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Templates
 # ---------------------------------------------------------------------------------------------------------
@@ -58,18 +80,29 @@ class PromptTemplate:
 
     ``template`` is a string with ``{column}`` placeholders filled from the row; braces that do not name a
     column of the row (such as the ``{}`` of ``\\boxed{}``) are left as they are, so no escaping is needed.
-    If the row's ``prompt_column`` already holds a list of ``{"role", "content"}`` messages (a conversational
-    dataset), they are used as they are and ``template`` is ignored.
+    If the row's prompt column already holds a list of ``{"role", "content"}`` messages (a conversational
+    dataset), they are used as they are and ``template`` and ``system`` are ignored.
 
     :param template: e.g. ``"{question}\\nPlease output the final answer within \\\\boxed{}."``; ``None``
-        means ``"{<prompt_column>}"``
+        means ``"{<prompt column>}"``
     :param system: optional system message (also templated)
-    :param prompt_column: the column that holds the question or the messages
+    :param prompt_column: the column that holds the prompt text or messages; ``None``: ``prompt`` when the row
+        has it, else ``question`` (TRL's column, then ours)
     """
 
     template: str | None = None
     system: str | None = None
-    prompt_column: str = "question"
+    prompt_column: str | None = None
+
+    def column(self, row: Mapping[str, Any]) -> str:
+        """The prompt column of ``row``: ``prompt_column``, or ``prompt``/``question`` when it is ``None``."""
+        if self.prompt_column is not None:
+            return self.prompt_column
+        return "prompt" if "prompt" in row else "question"
+
+    def uses_column(self, column: str) -> bool:
+        """Whether the prompt text is read from ``column`` (no template, or one with a ``{column}`` placeholder)."""
+        return self.template is None or "{" + column + "}" in self.template
 
     def fill(self, text: str, row: Mapping[str, Any]) -> str:
         """Replace ``{column}`` placeholders by the row's values; unknown names are kept verbatim."""
@@ -85,22 +118,34 @@ class PromptTemplate:
 
         :param row: a dataset row
         :return: a list of ``{"role": ..., "content": ...}``
-        :raises KeyError: if the row has no ``prompt_column``
+        :raises DatasetRowError: the row has no prompt column (and the template needs it)
         """
-        if self.prompt_column not in row:
-            raise KeyError(
-                f"The dataset row has no column {self.prompt_column!r} (columns: {sorted(row)}); set "
-                "prompt_column to the column that holds the prompt"
+        column = self.column(row)
+        if column not in row and self.uses_column(column):
+            raise DatasetRowError(
+                f"The dataset row has no column {column!r} (columns: {sorted(row)}); set prompt_column to the "
+                "column that holds the prompt"
             )
-        value = row[self.prompt_column]
-        if isinstance(value, list) and all(isinstance(m, Mapping) and "content" in m for m in value):
+        value = row.get(column)
+        if isinstance(value, list) and is_conversational(value):
             return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in value]
-        template = self.template if self.template is not None else "{" + self.prompt_column + "}"
+        template = self.template if self.template is not None else "{" + column + "}"
         messages: list[Message] = []
         if self.system:
             messages.append({"role": "system", "content": self.fill(self.system, row)})
         messages.append({"role": "user", "content": self.fill(template, row)})
         return messages
+
+
+def is_conversational(value: Any) -> bool:
+    """Whether a prompt value is a list of chat messages (dicts with ``content``)."""
+    return isinstance(value, list) and all(isinstance(m, Mapping) and "content" in m for m in value)
+
+
+def _empty(value: Any) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return (isinstance(value, str) and not value.strip()) or (isinstance(value, (list, tuple)) and not value)
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -160,6 +205,33 @@ def make_toy_rows(task: str = "copy_digit", size: int = 256, seed: int = 0, digi
 TOY_TASKS = ("copy_digit", "constant_digit")
 
 
+def read_jsonl(path: str) -> list[Row]:
+    """The rows of a JSON Lines file, one JSON object per line (blank lines skipped).
+
+    :param path: the file
+    :raises DatasetFileError: a line that is not a JSON object, naming the file and the line number
+    """
+    rows: list[Row] = []
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    msg = f"{path}, line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
+                    raise DatasetFileError(msg) from None
+                if not isinstance(value, dict):
+                    kind = type(value).__name__
+                    raise DatasetFileError(f"{path}, line {number}: expected a JSON object (one row), got a {kind}")
+                rows.append(value)
+    except UnicodeDecodeError as exc:
+        raise DatasetFileError(f"{path}, line {number + 1}: not UTF-8 text ({exc.reason})") from None
+    return rows
+
+
 def _reasoning_gym_rows(name: str, size: int, seed: int, **config: Any) -> list[Row]:
     import reasoning_gym
 
@@ -186,6 +258,7 @@ def load_rows(source: Any, split: str = "train", **options: Any) -> list[Row]:
     :param options: ``size`` / ``seed`` / task options for generated sources; ignored for files
     :return: list of rows
     :raises FileNotFoundError: a path that does not exist
+    :raises DatasetFileError: a file that cannot be read (a bad ``.jsonl`` line: its number)
     :raises ValueError: an unsupported source
     :raises EmptyDatasetError: a source with no rows
     """
@@ -223,7 +296,13 @@ def load_rows(source: Any, split: str = "train", **options: Any) -> list[Row]:
                 raise ValueError(f"Unsupported dataset file {path!r}; use one of {', '.join(_FILE_FORMATS)}")
             if os.path.getsize(path) == 0:
                 raise EmptyDatasetError(f"The dataset file {path!r} is empty")
-            loaded = datasets.load_dataset(_FILE_FORMATS[ext], data_files=path, split="train")
+            if ext == ".jsonl":
+                loaded = read_jsonl(path)
+            else:
+                try:
+                    loaded = datasets.load_dataset(_FILE_FORMATS[ext], data_files=path, split="train")
+                except Exception as exc:
+                    raise DatasetFileError(f"{path}: cannot read it as {ext}: {type(exc).__name__}: {exc}") from exc
         rows = [dict(r) for r in loaded]
     elif isinstance(source, Iterable) and not isinstance(source, (str, bytes, Mapping)):
         rows = [dict(r) for r in source]
@@ -250,19 +329,20 @@ class PromptDataset:
 
     :param rows: the rows (dicts); extra columns are passed to reward functions as keyword arguments
     :param template: a :class:`PromptTemplate`, a template string, or ``None`` (the prompt column as it is)
-    :param prompt_column: the column with the question (or with chat messages)
+    :param prompt_column: the column with the prompt, text or chat messages (``None``: ``prompt`` when the rows
+        have it, else ``question``)
     :param answer_column: the column with the reference answer (used by the built-in verifiers)
     :param system: optional system message
     :param name: a label for logs
     :raises EmptyDatasetError: no rows
-    :raises KeyError: the first row has no ``prompt_column``
+    :raises DatasetRowError: a row without the prompt column or with an empty prompt (naming the first one)
     """
 
     def __init__(
         self,
         rows: Sequence[Row],
         template: PromptTemplate | str | None = None,
-        prompt_column: str = "question",
+        prompt_column: str | None = None,
         answer_column: str = "answer",
         system: str | None = None,
         name: str = "prompts",
@@ -274,16 +354,45 @@ class PromptDataset:
             self.template = template
         else:
             self.template = PromptTemplate(template=template, system=system, prompt_column=prompt_column)
+        if self.template.prompt_column is None:
+            column = "prompt" if any("prompt" in r for r in self.rows) else "question"
+            self.template = replace(self.template, prompt_column=column)
         self.answer_column = answer_column
         self.name = name
-        self.template.messages(self.rows[0])  # fail early on a missing prompt column
+        for i, row in enumerate(self.rows):
+            self._check_row(i, row)
+
+    @property
+    def prompt_column(self) -> str:
+        """The column that holds the prompts."""
+        assert self.template.prompt_column is not None
+        return self.template.prompt_column
+
+    def _check_row(self, i: int, row: Row) -> None:
+        column = self.prompt_column
+        value = row.get(column)
+        if not is_conversational(value) and not self.template.uses_column(column):
+            return  # the template does not read the prompt column
+        where = f"Row {i} (counting from 0) of the dataset {self.name!r}"
+        if column not in row:
+            auto = " (neither 'prompt' nor 'question')" if column == "question" and "prompt" not in row else ""
+            raise DatasetRowError(
+                f"{where} has no column {column!r}{auto}; its columns: {sorted(row)}. Set prompt_column to the "
+                "column that holds the prompt"
+            )
+        if _empty(value):
+            raise DatasetRowError(f"{where} has an empty prompt in column {column!r}: {value!r}")
+        if isinstance(value, list) and not is_conversational(value):
+            raise DatasetRowError(
+                f"{where}: column {column!r} holds a list that is not chat messages (dicts with 'role' and 'content')"
+            )
 
     @classmethod
     def from_source(
         cls,
         source: Any,
         template: PromptTemplate | str | None = None,
-        prompt_column: str = "question",
+        prompt_column: str | None = None,
         answer_column: str = "answer",
         system: str | None = None,
         name: str | None = None,
@@ -312,6 +421,19 @@ class PromptDataset:
     def messages(self, index: int) -> list[Message]:
         """Chat messages of row ``index``."""
         return self.template.messages(self.rows[index])
+
+    def conversational(self, index: int) -> bool:
+        """Whether row ``index``'s prompt is a list of chat messages."""
+        return is_conversational(self.rows[index].get(self.prompt_column))
+
+    def reward_prompt(self, index: int, rendered: str) -> str | list[Message]:
+        """The prompt as reward functions see it (TRL's ``prompts``): the messages of a conversational row, else
+        the rendered prompt text.
+
+        :param index: the row
+        :param rendered: the row's prompt as the policy reads it
+        """
+        return self.messages(index) if self.conversational(index) else rendered
 
     def prompt_text(self, index: int, tokenizer: Any = None, chat_template: bool | str = "auto") -> str:
         """The prompt of row ``index`` rendered for ``tokenizer`` (see :func:`render_messages`)."""

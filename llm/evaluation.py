@@ -24,7 +24,7 @@ from .distributed import Distributed
 from .eval_metrics import AnswersEqual, math_answers_equal, prompt_metrics, strings_equal
 from .generation import GenerationEngine, make_generation_engine
 from .models import PolicyModel
-from .rewards import BoxedMathVerifier, RewardRunner
+from .rewards import BoxedMathVerifier, RewardRunner, completion_id_lists
 from .sequences import encode_prompts
 
 __all__ = ["default_answers_equal", "evaluate_policy", "spelled_metrics"]
@@ -35,9 +35,9 @@ METRICS = ("avg", "pass", "maj")
 def default_answers_equal(rewards: RewardRunner) -> AnswersEqual:
     """How the majority vote groups answers: math-verify equality for a boxed-math verifier, else equal strings.
 
-    :param rewards: the reward runner (its first verifier decides)
+    :param rewards: the reward runner (its answer verifier decides)
     """
-    first = rewards.verifiers[0]
+    first = rewards.answer_verifier
     if isinstance(first, BoxedMathVerifier):
         return math_answers_equal(first.timeout_s)
     return strings_equal
@@ -167,7 +167,9 @@ def evaluate_policy(
         )
         rollout = engine.generate(enc.repeat_interleave(n), greedy=greedy, settings=gen, seed=seed, first_row=start * n)
         rows = [dataset[i] for i in idx for _ in range(n)]
-        scored = rewards.score([t for t in texts for _ in range(n)], rollout.texts, rows)
+        prompts = [dataset.reward_prompt(i, t) for i, t in zip(idx, texts, strict=True)]
+        ids = completion_id_lists(rollout.response_ids, rollout.response_mask)
+        scored = rewards.score([p for p in prompts for _ in range(n)], rollout.texts, rows, ids)
         for j in range(len(idx)):
             block = slice(j * n, (j + 1) * n)
             per_prompt.append(prompt_metrics(scored.success[block], scored.parsed[block], k, equal))

@@ -19,7 +19,7 @@ from .config import CriticSpec, ModelSpec, TrainerConfig
 from .critic import LMCritic, load_critic
 from .data import PromptDataset, load_prompt_dataset, load_rows
 from .models import PolicyModel, load_policy
-from .rewards import RewardRunner, Verifier, make_reward
+from .rewards import RewardRunner, make_reward
 from .run_config import DataSpec, RewardSpec
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "import_user_modules",
     "resolve_rewards",
     "resolve_train_data",
+    "reward_options",
     "saved_tokenizer",
 ]
 
@@ -67,15 +68,47 @@ def build_dataset(spec: DataSpec, name: str = "prompts") -> PromptDataset:
 
 
 def build_rewards(spec: RewardSpec, answer_column: str | None = None) -> RewardRunner:
-    """The verifier of ``spec`` in a :class:`~sppo_rl.llm.rewards.RewardRunner`.
+    """The reward functions of ``spec`` in a :class:`~sppo_rl.llm.rewards.RewardRunner`.
 
     :param spec: the reward section of a run config
     :param answer_column: the dataset's answer column (given to the built-in verifiers that take one)
+    :raises ValueError: no reward, or ``options`` that do not match the rewards
     """
-    options = dict(spec.options)
-    if answer_column is not None and spec.name in ("boxed_math", "math", "exact_match"):
-        options.setdefault("answer_column", answer_column)
-    return RewardRunner(make_reward(spec.name, **options), timeout_s=spec.timeout_s)
+    names = [spec.name] if isinstance(spec.name, str) else list(spec.name)
+    if not names:
+        raise ValueError("reward.name: give at least one reward (a built-in name or 'module:function')")
+    options = reward_options(spec)
+    for name, opts in zip(names, options, strict=True):
+        if answer_column is not None and name in ("boxed_math", "math", "exact_match"):
+            opts.setdefault("answer_column", answer_column)
+    return RewardRunner(
+        [make_reward(name, **opts) for name, opts in zip(names, options, strict=True)],
+        spec.weights,
+        outcome=spec.outcome,
+        timeout_s=spec.timeout_s,
+        workers=spec.workers,
+        max_failure_rate=spec.max_failure_rate,
+    )
+
+
+def reward_options(spec: RewardSpec) -> list[dict[str, Any]]:
+    """The options of each reward of ``spec``: ``options`` itself for one reward (or ``{name: options}``), a
+    mapping name -> options for several.
+
+    :raises ValueError: with several rewards, an ``options`` key that names none of them
+    """
+    names = [spec.name] if isinstance(spec.name, str) else list(spec.name)
+    options = dict(spec.options or {})
+    if len(names) == 1:
+        nested = set(options) == {names[0]} and isinstance(options[names[0]], dict)
+        return [dict(options[names[0]]) if nested else options]
+    unknown = sorted(set(options) - set(names))
+    if unknown or not all(isinstance(v, dict) for v in options.values()):
+        raise ValueError(
+            f"reward.options: with several rewards, options maps a reward's name to its options, e.g. "
+            f"{{{names[0]}: {{...}}}}; got keys {sorted(options)} for rewards {names}"
+        )
+    return [dict(options.get(name, {})) for name in names]
 
 
 def saved_tokenizer(checkpoint: str | None, folder: str, spec: Any) -> Any:
@@ -104,14 +137,27 @@ def resolve_train_data(train_data: Any) -> tuple[Any, PromptDataset]:
     return None, load_prompt_dataset(train_data)
 
 
-def resolve_rewards(reward: Any, env: Any, timeout_s: float | None) -> RewardRunner:
+def resolve_rewards(
+    reward: Any,
+    env: Any,
+    timeout_s: float | None,
+    *,
+    weights: Sequence[float] | None = None,
+    outcome: str | float | None = None,
+) -> RewardRunner:
     """The reward runner of the trainer's ``reward`` argument (default: the environment's).
 
     :param reward: a verifier, a TRL-style reward function, a list of them, a runner, or ``None``
     :param env: the :class:`~sppo_rl.llm.env.PromptEnv` given as training data, or ``None``
-    :param timeout_s: verifier timeout when ``reward`` is not a runner
+    :param timeout_s: seconds per call when ``reward`` is not a runner
+    :param weights: one weight per function when ``reward`` is not a runner (TRL's ``reward_weights``)
+    :param outcome: what the critic learns when ``reward`` is not a runner (see
+        :class:`~sppo_rl.llm.rewards.RewardRunner`)
     :raises ValueError: no reward at all
     """
+    if (reward is None or isinstance(reward, RewardRunner)) and (weights is not None or outcome is not None):
+        where = "the RewardRunner given as reward" if reward is not None else "the PromptEnv's rewards"
+        raise ValueError(f"reward_weights and reward_outcome apply to reward functions; set them on {where} instead")
     if reward is None:
         if env is None:
             raise ValueError("No reward: pass reward=... (a verifier or a reward function) or a PromptEnv")
@@ -119,8 +165,7 @@ def resolve_rewards(reward: Any, env: Any, timeout_s: float | None) -> RewardRun
         return runner
     if isinstance(reward, RewardRunner):
         return reward
-    verifier: Verifier | Any = reward
-    return RewardRunner(verifier, timeout_s=timeout_s)
+    return RewardRunner(reward, weights, outcome=outcome, timeout_s=timeout_s)
 
 
 class DatasetTexts:

@@ -1,548 +1,460 @@
-"""Verifiable rewards: boxed-answer math (``math-verify``), exact match, ``reasoning-gym`` scorers, safely run.
+"""Rewards with TRL's calling convention: one or several functions, weighted, checked, scored in worker processes.
 
-Every reward here is callable with TRL's reward-function signature::
+A reward function has TRL's signature and is called once per batch (or once per slice of it, one slice per worker)::
 
-    reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]
+    def accuracy(prompts, completions, completion_ids, **columns) -> list[float | None]: ...
 
-where ``columns`` are the dataset's extra columns, one list per column (``answer=[...]``, ...). A plain function
-with that signature works too (wrap it with :class:`FunctionReward` or pass it to :class:`RewardRunner`).
+``columns`` are the dataset's other columns, one list per column (``answer=[...]``, ...). For a conversational
+dataset (its prompt column holds chat messages) ``prompts`` are those messages and each completion is
+``[{"role": "assistant", "content": ...}]``; otherwise both are strings. ``None`` means "does not apply" and is left
+out of the weighted sum, as in TRL. ``async def`` functions are awaited. A function may declare the bounds of what it
+returns as an attribute, ``accuracy.reward_range = (0.0, 1.0)``; the built-in verifiers
+(:mod:`sppo_rl.llm.verifiers`) do.
 
-:class:`RewardRunner` is what the trainer and :class:`~sppo_rl.llm.env.PromptEnv` use: it calls each reward on
-one sample at a time so that a failure stays local, and **never raises**: an exception, a timeout, a non-numeric
-or NaN score all give 0 and are counted in :class:`RewardStats` (logged as ``reward/*``). Scores outside
-``[0, 1]`` are passed through unchanged; the Bernoulli value head rejects them with a clear error.
+:class:`RewardRunner` scores a batch with every function and gives each sample:
 
-Timeouts. ``math-verify`` times its parsing and comparisons with ``signal.alarm``, which only works in the main
-thread. :class:`BoxedMathVerifier` uses those signal timeouts when it runs in the main thread, and disables them
-elsewhere; the runner then enforces ``timeout_s`` itself by running the call in a daemon thread and scoring 0
-if it does not return in time (the stuck thread is abandoned, not killed).
+- the **reward**: the weighted sum (``weights``, TRL's ``reward_weights``; 1 each by default);
+- the **outcome** ``R``, what the critic learns and the advantage estimator uses: the weighted sum
+  (``outcome=None``), one function's value (``outcome="accuracy"``), or a threshold ``t`` (``outcome=1.0``:
+  1 when the weighted sum is ``>= t``, else 0). With a Bernoulli critic the outcome must lie in [0, 1]: the trainer
+  checks this when it is built (:meth:`RewardRunner.check_critic`), and on every batch for a function that declares
+  no range;
+- the success flag, the parsed answer (from a verifier) and the metrics ``rewards/<name>/mean`` and ``/std``.
+
+Failures are loud. A function that breaks the contract (returns a scalar or the wrong number of values) raises
+:class:`~sppo_rl.llm.reward_functions.RewardOutputError` at once. A call that raises or times out fails its samples;
+a non-number, NaN, infinite value, or one outside the declared ``reward_range`` fails that sample. When more than
+``max_failure_rate`` of a batch's samples fail for one function, :class:`RewardFunctionError` is raised, chained to
+the function's own error and traceback; below that, a :class:`RewardFailureWarning` gives the counts and **a failed
+sample scores 0 for that function** (as ``math-verify`` scores an answer it could not check in time), counted in
+``rollout/reward_failures``.
+
+Where functions run: in ``workers`` worker processes (:class:`~sppo_rl.llm.reward_workers.WorkerPool`), started at
+the first batch and kept until :meth:`RewardRunner.close`; the batch is cut into one slice per worker, and a call
+that overruns ``timeout_s`` has its process killed. Cheap built-ins (``exact_match``) run in this process. A function
+that cannot be sent to a worker (a lambda, a closure, a function of the main script) runs in this process with a
+:class:`RewardFailureWarning`; its timeout then abandons the call in a watchdog thread (a thread cannot be killed).
 """
 
 from __future__ import annotations
 
 import math
-import re
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
+from sppo_rl.value_heads import OutcomeError
+
+from .reward_functions import (
+    BUILT_IN,
+    CallResult,
+    FunctionReward,
+    RewardCall,
+    RewardOutputError,
+    RewardTimeoutError,
+    call_in_process,
+    make_reward,
+    picklable,
+)
+from .reward_scores import RewardStats, ScoredBatch, completion_id_lists
+from .reward_workers import WorkerPool, lost_result
+from .verifiers import (
+    BoxedMathVerifier,
+    ExactMatchVerifier,
+    ReasoningGymVerifier,
+    Verifier,
+    VerifierResult,
+    extract_boxed,
+)
+
 __all__ = [
+    "BUILT_IN",
     "BoxedMathVerifier",
     "ExactMatchVerifier",
     "FunctionReward",
     "ReasoningGymVerifier",
+    "RewardFailureWarning",
+    "RewardFunctionError",
+    "RewardOutputError",
     "RewardRunner",
     "RewardStats",
+    "RewardTimeoutError",
     "ScoredBatch",
     "Verifier",
     "VerifierResult",
+    "completion_id_lists",
     "extract_boxed",
     "make_reward",
 ]
 
-RewardFn = Callable[..., Sequence[float | None]]
+DEFAULT_WORKERS = 4
+"""Worker processes of a runner by default."""
 
 
-@dataclass
-class VerifierResult:
-    """The score of one response.
-
-    :param reward: the reward (0 when the verifier failed)
-    :param parsed: the answer extracted from the response (``None`` if none was found)
-    :param correct: whether the answer is right
-    :param failure: ``None``, or why the score is a default 0: ``"no_answer"`` (nothing to parse),
-        ``"error"`` (the verifier raised), ``"timeout"``, ``"invalid"`` (a non-numeric or NaN score),
-        ``"none"`` (the reward function returned ``None``: it does not apply to this sample)
-    """
-
-    reward: float
-    parsed: str | None = None
-    correct: bool = False
-    failure: str | None = None
+class RewardFunctionError(RuntimeError):
+    """Too many samples of a batch failed for one reward function (chained to its own error)."""
 
 
-class TimeoutExpired(Exception):
-    """A verifier call ran past its time limit."""
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-def extract_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) of ``text``, braces balanced.
-
-    :param text: a response
-    :return: the boxed content, or ``None`` when there is no complete box
-    """
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
-
-
-class Verifier:
-    """Base class: scores one ``(prompt, completion, row)`` and is callable with TRL's batch signature.
-
-    Subclasses implement :meth:`score`. ``handles_timeout`` says that the runner may call the verifier directly in
-    the main thread rather than in a watchdog thread: either it enforces the timeout itself there (math-verify's
-    signal timeouts) or it is cheap and bounded (exact match).
-
-    :param answer_column: the dataset column with the reference answer
-    :param success_threshold: a reward ``>= success_threshold`` counts as a success
-    """
-
-    name = "verifier"
-    handles_timeout = False
-
-    def __init__(self, answer_column: str = "answer", success_threshold: float = 1.0) -> None:
-        self.answer_column = answer_column
-        self.success_threshold = success_threshold
-
-    def score(self, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
-        """Score one response.
-
-        :param prompt: the prompt text
-        :param completion: the response text
-        :param row: the dataset row (all columns)
-        :return: a :class:`VerifierResult`
-        """
-        raise NotImplementedError
-
-    def reference(self, row: Mapping[str, Any]) -> str:
-        """The reference answer of ``row``, as a string."""
-        if self.answer_column not in row:
-            raise KeyError(f"The dataset row has no answer column {self.answer_column!r} (columns: {sorted(row)})")
-        return str(row[self.answer_column])
-
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **columns: Any) -> list[float | None]:
-        """TRL-compatible batch call: one reward per completion."""
-        out: list[float | None] = []
-        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-            row = {k: v[i] for k, v in columns.items() if isinstance(v, Sequence) and not isinstance(v, str)}
-            out.append(self.score(p, c, row).reward)
-        return out
-
-
-class BoxedMathVerifier(Verifier):
-    """1 for a correct ``\\boxed{}`` final answer, 0 otherwise (the paper's reward), with ``math-verify``.
-
-    The reference answer (``row[answer_column]``) is parsed as LaTeX (wrapped in ``$...$`` unless it already has
-    math delimiters or a box); the response's last ``\\boxed{}`` is parsed with ``math-verify``'s LaTeX extractor
-    and compared with :func:`math_verify.verify` (numeric, symbolic and set equivalence).
-
-    :param answer_column: column with the reference answer
-    :param require_boxed: a response without ``\\boxed{}`` scores 0 (``failure="no_answer"``) even if
-        ``math-verify`` could find an answer elsewhere
-    :param timeout_s: seconds allowed for parsing and for the comparison (``math-verify``'s signal timeouts
-        in the main thread; the runner's watchdog thread elsewhere)
-    :param success_threshold: see :class:`Verifier`
-    """
-
-    name = "boxed_math"
-    handles_timeout = True
-
-    def __init__(
-        self,
-        answer_column: str = "answer",
-        require_boxed: bool = True,
-        timeout_s: float = 5.0,
-        success_threshold: float = 1.0,
-    ) -> None:
-        super().__init__(answer_column, success_threshold)
-        self.require_boxed = require_boxed
-        self.timeout_s = timeout_s
-        from math_verify import LatexExtractionConfig
-
-        self._answer_config = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)]
-
-    def _timeout(self) -> int | None:
-        if not _in_main_thread() or not self.timeout_s:
-            return None
-        return max(1, math.ceil(self.timeout_s))
-
-    def score(self, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
-        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-        from math_verify.errors import TimeoutException
-
-        boxed = extract_boxed(completion)
-        if self.require_boxed and boxed is None:
-            return VerifierResult(0.0, None, False, "no_answer")
-        gold_text = self.reference(row)
-        if "$" not in gold_text and "\\boxed" not in gold_text and "\\(" not in gold_text:
-            gold_text = f"${gold_text}$"
-        timeout = self._timeout()
-        try:
-            gold = parse(
-                gold_text,
-                extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
-                parsing_timeout=timeout,
-                raise_on_error=True,
-            )
-            answer = parse(
-                completion, extraction_config=self._answer_config, parsing_timeout=timeout, raise_on_error=True
-            )
-            if not answer:
-                return VerifierResult(0.0, boxed, False, "no_answer")
-            ok = bool(verify(gold, answer, timeout_seconds=timeout, raise_on_error=True))
-        except TimeoutException:
-            return VerifierResult(0.0, boxed, False, "timeout")
-        parsed = str(answer[-1]) if answer else boxed
-        return VerifierResult(1.0 if ok else 0.0, parsed, ok)
-
-
-class ExactMatchVerifier(Verifier):
-    """1 if the response's answer equals the reference answer, 0 otherwise.
-
-    :param answer_column: column with the reference answer
-    :param mode: how the answer is read from the response: ``"exact"`` (the whole stripped response),
-        ``"prefix"`` (the response starts with the reference), ``"contains"`` (the reference occurs anywhere),
-        ``"boxed"`` (the last ``\\boxed{}`` content), ``"answer_tag"`` (the last ``<answer>...</answer>``),
-        ``"regex"`` (the first group of the last match of ``pattern``)
-    :param pattern: the regular expression for ``mode="regex"``
-    :param case_sensitive: compare case-sensitively
-    :param success_threshold: see :class:`Verifier`
-    """
-
-    name = "exact_match"
-    handles_timeout = True
-    MODES = ("exact", "prefix", "contains", "boxed", "answer_tag", "regex")
-
-    def __init__(
-        self,
-        answer_column: str = "answer",
-        mode: str = "exact",
-        pattern: str | None = None,
-        case_sensitive: bool = True,
-        success_threshold: float = 1.0,
-    ) -> None:
-        super().__init__(answer_column, success_threshold)
-        if mode not in self.MODES:
-            raise ValueError(f"Unknown exact-match mode {mode!r}; choose one of {', '.join(self.MODES)}")
-        if mode == "regex" and not pattern:
-            raise ValueError("mode='regex' needs a pattern")
-        self.mode = mode
-        self.pattern = re.compile(pattern, re.DOTALL) if pattern else None
-        self.case_sensitive = case_sensitive
-
-    def _norm(self, s: str) -> str:
-        s = s.strip()
-        return s if self.case_sensitive else s.lower()
-
-    def extract(self, completion: str, reference: str) -> str | None:
-        """The answer read from ``completion`` by ``mode`` (``None`` if there is none)."""
-        if self.mode == "exact":
-            return completion.strip()
-        if self.mode == "prefix":
-            text = completion.strip()
-            n = len(reference.strip())
-            return text[:n] if text else None
-        if self.mode == "contains":
-            return reference.strip() if self._norm(reference) in self._norm(completion) else completion.strip()
-        if self.mode == "boxed":
-            return extract_boxed(completion)
-        if self.mode == "answer_tag":
-            matches = re.findall(r"<answer>\s?(.*?)\s?</answer>", completion, flags=re.DOTALL)
-            return matches[-1].strip() if matches else None
-        assert self.pattern is not None
-        found = list(self.pattern.finditer(completion))
-        if not found:
-            return None
-        m = found[-1]
-        return m.group(1) if m.groups() else m.group(0)
-
-    def score(self, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
-        reference = self.reference(row)
-        parsed = self.extract(completion, reference)
-        if parsed is None or parsed == "":
-            return VerifierResult(0.0, None, False, "no_answer")
-        ok = self._norm(parsed) == self._norm(reference)
-        return VerifierResult(1.0 if ok else 0.0, parsed, ok)
-
-
-class ReasoningGymVerifier(Verifier):
-    """Scores with the ``score_answer`` of the ``reasoning-gym`` task that generated the row.
-
-    The row must carry ``question``, ``answer`` and ``metadata`` (as rows from
-    ``load_rows("reasoning_gym:<task>")`` do); the task is ``metadata["source_dataset"]``.
-
-    :param extract: how the answer is read from the response: ``"answer_tag"`` (the last
-        ``<answer>...</answer>``, ``reasoning-gym``'s convention), ``"boxed"`` or ``"raw"`` (the whole
-        stripped response)
-    :param success_threshold: see :class:`Verifier`
-    """
-
-    name = "reasoning_gym"
-
-    def __init__(self, extract: str = "answer_tag", success_threshold: float = 1.0) -> None:
-        super().__init__("answer", success_threshold)
-        if extract not in ("answer_tag", "boxed", "raw"):
-            raise ValueError(f"Unknown extract mode {extract!r}; choose 'answer_tag', 'boxed' or 'raw'")
-        self.extract = extract
-
-    def score(self, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
-        from reasoning_gym import get_score_answer_fn
-        from reasoning_gym.utils import extract_answer
-
-        if self.extract == "answer_tag":
-            parsed = extract_answer(completion)
-        elif self.extract == "boxed":
-            parsed = extract_boxed(completion)
-        else:
-            parsed = completion.strip() or None
-        if parsed is None:
-            return VerifierResult(0.0, None, False, "no_answer")
-        metadata = row.get("metadata") or {}
-        task = metadata.get("source_dataset")
-        if not task:
-            raise KeyError("A reasoning-gym row needs metadata['source_dataset'] to find its scorer")
-        entry = {"question": row.get("question"), "answer": row.get("answer"), "metadata": metadata}
-        reward = float(get_score_answer_fn(task)(answer=parsed, entry=entry))
-        return VerifierResult(reward, parsed, reward >= self.success_threshold)
-
-
-_RESERVED_COLUMNS = frozenset({"prompt", "prompts", "completion", "completions", "completion_ids"})
-"""Dataset columns not passed as keyword arguments (they would clash with the call's own, as in TRL)."""
-
-
-class FunctionReward(Verifier):
-    """Adapts a TRL-style reward function ``fn(prompts, completions, **columns) -> list[float | None]``.
-
-    It is called with one sample at a time (so a failure stays local); prompts and completions are strings, and
-    every dataset column except ``prompt``/``completion`` is passed as a one-element list.
-
-    :param fn: the function
-    :param name: a label for logs (default: the function's name)
-    :param success_threshold: see :class:`Verifier`
-    """
-
-    def __init__(self, fn: RewardFn, name: str | None = None, success_threshold: float = 1.0) -> None:
-        super().__init__("answer", success_threshold)
-        self.fn = fn
-        self.name: str = name or getattr(fn, "__name__", None) or type(fn).__name__
-
-    def score(self, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
-        columns = {k: [v] for k, v in row.items() if k not in _RESERVED_COLUMNS}
-        out = self.fn(prompts=[prompt], completions=[completion], **columns)
-        if out is None or len(out) != 1:
-            raise ValueError(f"Reward function {self.name!r} returned {out!r} for one completion; expected a list of 1")
-        value = out[0]
-        if value is None:
-            return VerifierResult(0.0, None, False, "none")
-        try:
-            reward = float(value)
-        except (TypeError, ValueError):
-            return VerifierResult(math.nan, None, False, "invalid")
-        return VerifierResult(reward, None, reward >= self.success_threshold)
+class RewardFailureWarning(UserWarning):
+    """Some samples failed for a reward function (fewer than ``max_failure_rate``), or a function runs in-process."""
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Running rewards safely
+# The runner
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RewardStats:
-    """Counts of what happened while scoring (cumulative until :meth:`reset`)."""
-
-    n: int = 0
-    no_answer: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    invalid: int = 0
-    none: int = 0
-    last_error: str | None = None
-
-    @property
-    def failures(self) -> int:
-        """Verifier failures: errors, timeouts, invalid scores (a missing answer is a wrong answer, not a failure)."""
-        return self.errors + self.timeouts + self.invalid
-
-    def add(self, failure: str | None) -> None:
-        self.n += 1
-        if failure == "no_answer":
-            self.no_answer += 1
-        elif failure == "error":
-            self.errors += 1
-        elif failure == "timeout":
-            self.timeouts += 1
-        elif failure == "invalid":
-            self.invalid += 1
-        elif failure == "none":
-            self.none += 1
-
-    def reset(self) -> None:
-        self.n = self.no_answer = self.errors = self.timeouts = self.invalid = self.none = 0
-        self.last_error = None
-
-
-@dataclass
-class ScoredBatch:
-    """Scores of a batch of responses.
-
-    :param rewards: ``(B,)`` list of floats, the weighted sum over reward functions
-    :param success: ``(B,)`` list of bools
-    :param parsed: ``(B,)`` the answer parsed by the first verifier
-    :param failures: ``(B,)`` the first failure reason of each sample, or ``None``
-    """
-
-    rewards: list[float]
-    success: list[bool]
-    parsed: list[str | None]
-    failures: list[str | None]
-    stats: RewardStats = field(default_factory=RewardStats)
-
-
-def _call_with_timeout(fn: Callable[[], VerifierResult], timeout_s: float | None) -> VerifierResult:
-    if not timeout_s:
-        return fn()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name="sppo-verifier", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise TimeoutExpired(f"verifier took more than {timeout_s} s")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+def _slices(n: int, k: int) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into ``k`` consecutive slices of near-equal size (none empty)."""
+    k = max(1, min(k, n))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
 class RewardRunner:
-    """Scores batches with one or more rewards, weighted, and never raises.
+    """Scores batches with one or more reward functions (see the module docstring).
 
-    :param rewards: a verifier, a TRL-style function, or a list of them
-    :param weights: one weight per reward (default 1 each); the sample's reward is the weighted sum of the
-        rewards that gave a score (``None`` scores are left out, as in TRL)
-    :param timeout_s: seconds per call; verifiers with ``handles_timeout`` enforce it themselves in the main
-        thread, other calls run in a watchdog thread. ``None`` disables the watchdog.
-    :param success_threshold: a combined reward ``>= success_threshold`` is a success (when a single verifier is
-        used, its own ``correct`` flag is used instead)
+    :param rewards: a verifier, a TRL-style function, a :class:`FunctionReward`, or a list of them
+    :param weights: one weight per function (default 1 each; TRL's ``reward_weights``)
+    :param outcome: what the critic learns and the estimator uses: ``None`` (the weighted sum), a function's name
+        (its value), or a number ``t`` (1 when the weighted sum is ``>= t``, else 0)
+    :param timeout_s: seconds per call of a function (on its slice of the batch); ``None``: no limit
+    :param workers: worker processes that score in parallel (0: everything in this process)
+    :param max_failure_rate: the share of a batch's samples that may fail for one function before
+        :class:`RewardFunctionError` is raised (``0``: any failure raises, as in TRL)
+    :param success_threshold: an outcome ``>= success_threshold`` is a success (a verifier's outcome uses its own
+        verdict, a threshold outcome its 0/1)
+    :raises ValueError: no function, wrong number of weights, an unknown outcome name, bad settings
     """
 
     def __init__(
         self,
-        rewards: Verifier | RewardFn | Sequence[Verifier | RewardFn],
+        rewards: Any,
         weights: Sequence[float] | None = None,
-        timeout_s: float | None = 10.0,
+        *,
+        outcome: str | float | None = None,
+        timeout_s: float | None = 30.0,
+        workers: int = DEFAULT_WORKERS,
+        max_failure_rate: float = 0.5,
         success_threshold: float = 1.0,
     ) -> None:
         items = list(rewards) if isinstance(rewards, (list, tuple)) else [rewards]
         if not items:
             raise ValueError("RewardRunner needs at least one reward function")
-        self.verifiers: list[Verifier] = [r if isinstance(r, Verifier) else FunctionReward(r) for r in items]  # type: ignore[arg-type]
+        self.functions: list[Verifier | FunctionReward] = [make_reward(r) for r in items]
+        self.names = _unique_names([f.name for f in self.functions])
         self.weights = [1.0] * len(items) if weights is None else [float(w) for w in weights]
-        if len(self.weights) != len(self.verifiers):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.verifiers)} reward functions")
+        if len(self.weights) != len(self.functions):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.functions)} reward functions")
+        if not all(math.isfinite(w) for w in self.weights):
+            raise ValueError(f"Reward weights must be finite numbers, got {self.weights}")
+        if isinstance(outcome, bool) or not (outcome is None or isinstance(outcome, (str, int, float))):
+            raise ValueError(f"outcome must be None, a reward's name or a threshold number, got {outcome!r}")
+        if isinstance(outcome, str) and outcome not in self.names:
+            raise ValueError(f"outcome {outcome!r} is not a reward's name; choose one of {self.names} or a threshold")
+        if isinstance(outcome, (int, float)) and not isinstance(outcome, bool) and not math.isfinite(outcome):
+            raise ValueError(f"A threshold outcome must be a finite number, got {outcome!r}")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ValueError(f"max_failure_rate must lie in [0, 1], got {max_failure_rate}")
+        self.outcome = float(outcome) if isinstance(outcome, (int, float)) else outcome
         self.timeout_s = timeout_s
+        self.workers = workers
+        self.max_failure_rate = max_failure_rate
         self.success_threshold = success_threshold
         self.stats = RewardStats()
-
-    def score_one(self, verifier: Verifier, prompt: str, completion: str, row: Mapping[str, Any]) -> VerifierResult:
-        """Score one sample with one verifier; failures become a 0 with a reason (never raises)."""
-        direct = verifier.handles_timeout and _in_main_thread()
-        try:
-            if direct or not self.timeout_s:
-                result = verifier.score(prompt, completion, row)
+        self._pool: WorkerPool | None = None
+        self._remote: list[int] = []
+        for j, fn in enumerate(self.functions):
+            if workers == 0 or (isinstance(fn, Verifier) and fn.in_process):
+                continue
+            if picklable(fn):
+                self._remote.append(j)
             else:
-                result = _call_with_timeout(lambda: verifier.score(prompt, completion, row), self.timeout_s)
-        except TimeoutExpired as exc:
-            self.stats.last_error = f"{verifier.name}: {exc}"
-            return VerifierResult(0.0, None, False, "timeout")
-        except Exception as exc:
-            self.stats.last_error = f"{verifier.name}: {type(exc).__name__}: {exc}"
-            return VerifierResult(0.0, None, False, "error")
+                why = "it cannot be sent to a worker process (a lambda, a closure or a function of the main script)"
+                _warn_in_process(self.names[j], why, stacklevel=3)
+
+    # ---- what the outcome is ---------------------------------------------------------------------------------
+
+    @property
+    def outcome_index(self) -> int | None:
+        """The function whose value is the outcome (a named outcome, or the only function), else ``None``."""
+        if isinstance(self.outcome, str):
+            return self.names.index(self.outcome)
+        if self.outcome is None and len(self.functions) == 1:
+            return 0
+        return None
+
+    @property
+    def answer_verifier(self) -> Verifier | None:
+        """The verifier whose parsed answers and verdicts are reported: the outcome's, else the first one."""
+        j = self.outcome_index
+        if j is not None and isinstance(self.functions[j], Verifier):
+            return self.functions[j]  # type: ignore[return-value]
+        return next((f for f in self.functions if isinstance(f, Verifier)), None)
+
+    def describe_outcome(self) -> str:
+        """The outcome in words, for messages."""
+        if isinstance(self.outcome, float):
+            return f"the threshold outcome (1 when the weighted sum >= {self.outcome:g})"
+        j = self.outcome_index
+        if j is not None:
+            return f"reward function {self.names[j]!r}"
+        weights = ", ".join(f"{w:g}" for w in self.weights)
+        return f"the weighted sum of {', '.join(map(repr, self.names))} (weights {weights})"
+
+    def outcome_range(self) -> tuple[float, float] | None:
+        """Bounds of the outcome, or ``None`` when a function involved declares no ``reward_range``."""
+        if isinstance(self.outcome, float):
+            return (0.0, 1.0)
+        j = self.outcome_index
+        if j is not None:
+            bounds = self.functions[j].reward_range
+            if bounds is None:
+                return None
+            w = self.weights[j] if self.outcome is None else 1.0
+            return (min(w * bounds[0], w * bounds[1]), max(w * bounds[0], w * bounds[1]))
+        lo = hi = 0.0
+        for fn, w in zip(self.functions, self.weights, strict=True):
+            if fn.reward_range is None:
+                return None
+            a, b = w * fn.reward_range[0], w * fn.reward_range[1]
+            lo, hi = lo + min(a, b, 0.0), hi + max(a, b, 0.0)  # a None value adds 0
+        return (lo, hi)
+
+    def _choices(self) -> str:
+        return (
+            "Say what the critic learns with the reward's outcome (reward.outcome in YAML, RewardRunner(outcome=...) "
+            f"in Python): a reward's name ({', '.join(map(repr, self.names))}: that function's value) or a "
+            "threshold t such as 1.0 (1 when the weighted sum >= t, else 0); or use a critic with value_head: gaussian"
+        )
+
+    def check_critic(self, head: Any) -> None:
+        """Check, when the trainer is built, that the critic's value head can learn the outcome (a Bernoulli head
+        needs [0, 1]). An outcome of unknown range from one function is checked on every batch instead
+        (:meth:`check_outcomes`).
+
+        :param head: the critic's :class:`~sppo_rl.value_heads.ValueHead`
+        :raises ~sppo_rl.value_heads.OutcomeError: naming the outcome, its range, and the choices
+        """
+        bounds = self.outcome_range()
+        if bounds is None and self.outcome_index is not None:
+            return
+        probe = [-1.0, 2.0] if bounds is None else list(bounds)  # unknown range: does the head restrict any?
         try:
-            reward = float(result.reward)
-        except (TypeError, ValueError):
-            reward = math.nan
-        if math.isnan(reward):
-            self.stats.last_error = f"{verifier.name}: invalid score {result.reward!r}"
-            return VerifierResult(0.0, result.parsed, False, "invalid")
-        result.reward = reward
-        return result
+            head.check_outcomes(torch.tensor(probe, dtype=torch.float32))
+        except OutcomeError as exc:
+            name = getattr(head, "name", type(head).__name__)
+            why = "it needs outcomes in [0, 1]" if name == "bernoulli" else str(exc)
+            span = f"ranges over [{probe[0]:g}, {probe[1]:g}]" if bounds else "has no known range (no reward_range)"
+            raise OutcomeError(
+                f"The critic's {name} value head cannot learn {self.describe_outcome()}, which {span}: {why}. "
+                f"{self._choices()}."
+            ) from None
+
+    def check_outcomes(self, outcomes: torch.Tensor, head: Any) -> None:
+        """Check a batch's outcomes against the critic's value head (every batch), naming the outcome's function.
+
+        :param outcomes: ``(B,)``
+        :param head: the critic's value head
+        :raises ~sppo_rl.value_heads.OutcomeError: an outcome the head cannot learn
+        """
+        try:
+            head.check_outcomes(outcomes)
+        except OutcomeError as exc:
+            what = self.describe_outcome()
+            raise OutcomeError(
+                f"{what[0].upper()}{what[1:]} gave an outcome the critic cannot learn: {exc} {self._choices()}."
+            ) from None
+
+    # ---- scoring --------------------------------------------------------------------------------------------
 
     def score(
-        self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[Mapping[str, Any]]
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+        completion_ids: Sequence[Sequence[int]] | None = None,
     ) -> ScoredBatch:
         """Score a batch.
 
-        :param prompts: ``(B,)`` prompt texts
+        :param prompts: ``(B,)`` prompt texts, or chat messages (then the completions become conversational)
         :param completions: ``(B,)`` response texts
         :param rows: ``(B,)`` the dataset row of each sample
-        :return: a :class:`ScoredBatch`; ``stats`` counts this batch only (the runner's ``stats`` accumulates)
+        :param completion_ids: ``(B,)`` the responses' token ids (default: empty lists)
+        :return: a :class:`ScoredBatch`; ``stats`` counts this batch (the runner's ``stats`` accumulate)
+        :raises RewardOutputError: a function returned a scalar or the wrong number of values
+        :raises RewardFunctionError: more than ``max_failure_rate`` of the samples failed for one function
         """
-        if not (len(prompts) == len(completions) == len(rows)):
-            raise ValueError(f"{len(prompts)} prompts, {len(completions)} completions and {len(rows)} rows")
-        batch_stats = RewardStats()
-        rewards, success, parsed, failures = [], [], [], []
-        for prompt, completion, row in zip(prompts, completions, rows, strict=True):
-            total, scored, first = 0.0, False, None
-            for k, (verifier, weight) in enumerate(zip(self.verifiers, self.weights, strict=True)):
-                res = self.score_one(verifier, prompt, completion, row)
-                if k == 0:
-                    first = res
-                if res.failure != "none":
-                    total += weight * res.reward
-                    scored = True
-            assert first is not None
-            if len(self.verifiers) == 1:
-                ok = first.correct and first.failure is None
+        n = len(completions)
+        if not (len(prompts) == n == len(rows)):
+            raise ValueError(f"{len(prompts)} prompts, {n} completions and {len(rows)} rows")
+        ids = [list(x) for x in completion_ids] if completion_ids is not None else [[] for _ in range(n)]
+        convo = [
+            c if not isinstance(p, list) else [{"role": "assistant", "content": c}]
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        call = RewardCall(list(prompts), convo, ids, [dict(r) for r in rows])
+        results = self._call_all(call) if n else [CallResult([], []) for _ in self.functions]
+        for result in results:
+            if result.fatal is not None:
+                raise result.fatal.with_traceback(None) from None
+        scored = self._combine(results, n)
+        self._check_failures(results, n)
+        self.stats.merge(scored.stats)
+        return scored
+
+    def _call_all(self, call: RewardCall) -> list[CallResult]:
+        n = len(call)
+        results: list[CallResult | None] = [None] * len(self.functions)
+        if self._remote:
+            if self._pool is None:
+                self._pool = WorkerPool([(self.names[j], self.functions[j]) for j in self._remote], self.workers)
+            pieces = _slices(n, self.workers)
+            tasks = [(k, call.slice(a, b)) for k in range(len(self._remote)) for a, b in pieces]
+            outs = self._pool.run(tasks, self.timeout_s)
+            for k, j in enumerate(self._remote):
+                if k in self._pool.unloadable:
+                    continue
+                parts = outs[k * len(pieces) : (k + 1) * len(pieces)]
+                results[j] = CallResult.concat(
+                    [
+                        p if isinstance(p, CallResult) else lost_result(p, b - a)
+                        for p, (a, b) in zip(parts, pieces, strict=True)
+                    ]
+                )
+            self._drop_unloadable()
+        for j, fn in enumerate(self.functions):
+            if results[j] is None:
+                results[j] = call_in_process(fn, call, self.names[j], self.timeout_s)
+        return [r for r in results if r is not None]
+
+    def _drop_unloadable(self) -> None:
+        """Functions the workers could not load (e.g. their module is not importable there) run in-process."""
+        assert self._pool is not None
+        if not self._pool.unloadable:
+            return
+        for k, why in sorted(self._pool.unloadable.items()):
+            _warn_in_process(self.names[self._remote[k]], f"a worker process could not load it ({why})", 5)
+        keep = [j for k, j in enumerate(self._remote) if k not in self._pool.unloadable]
+        self._pool.close()
+        self._pool = None
+        self._remote = keep
+
+    def _combine(self, results: list[CallResult], n: int) -> ScoredBatch:
+        stats = RewardStats(n=n)
+        per_function: dict[str, list[float | None]] = {}
+        for name, r in zip(self.names, results, strict=True):
+            per_function[name] = [0.0 if f is not None else v for v, f in zip(r.values, r.failures, strict=True)]
+            stats.errors += r.failures.count("error")
+            stats.timeouts += r.failures.count("timeout")
+            stats.invalid += r.failures.count("invalid")
+            if r.error is not None:
+                stats.last_error = f"{name}: {type(r.error).__name__}: {r.error}"
+        answer = self.answer_verifier
+        ans = results[self.functions.index(answer)] if answer is not None else CallResult([None] * n, [None] * n)
+        parsed = ans.parsed or [None] * n
+        no_answer = ans.no_answer or [False] * n
+        j_out = self.outcome_index
+        verdict = None  # the outcome verifier's own verdicts, when the outcome is a verifier's value
+        if j_out is not None and isinstance(self.functions[j_out], Verifier):
+            r = results[j_out]
+            verdict = [bool(c) and f is None for c, f in zip(r.correct or [False] * n, r.failures, strict=True)]
+        rewards, outcomes, success, failures = [], [], [], []
+        for i in range(n):
+            values = [per_function[name][i] for name in self.names]
+            total = sum(w * v for w, v in zip(self.weights, values, strict=True) if v is not None)
+            if isinstance(self.outcome, float):
+                outcome = 1.0 if total >= self.outcome else 0.0
+            elif isinstance(self.outcome, str):
+                outcome = values[self.names.index(self.outcome)] or 0.0
             else:
-                ok = scored and total >= self.success_threshold
-            failure = first.failure if len(self.verifiers) == 1 or not scored else None
-            for s in (batch_stats, self.stats):
-                s.add(failure)
+                outcome = total
+            failure = next((r.failures[i] for r in results if r.failures[i] is not None), None)
+            if failure is not None:
+                stats.failed += 1
+            elif no_answer[i]:
+                failure = "no_answer"
+            elif all(v is None for v in values):
+                failure = "none"
+            if verdict is not None:
+                ok = verdict[i]
+            elif isinstance(self.outcome, float):
+                ok = outcome == 1.0
+            else:
+                ok = outcome >= self.success_threshold
+            stats.no_answer += no_answer[i]
+            stats.none += failure == "none"
             rewards.append(total)
-            success.append(bool(ok))
-            parsed.append(first.parsed)
+            outcomes.append(outcome)
+            success.append(ok)
             failures.append(failure)
-        batch_stats.last_error = self.stats.last_error
-        return ScoredBatch(rewards, success, parsed, failures, batch_stats)
+        return ScoredBatch(outcomes, rewards, success, parsed, failures, per_function, stats)
+
+    def _check_failures(self, results: list[CallResult], n: int) -> None:
+        for name, r in zip(self.names, results, strict=True):
+            k = sum(f is not None for f in r.failures)
+            if not k:
+                continue
+            assert r.error is not None
+            first = f"{type(r.error).__name__}: {r.error}"
+            kinds = ", ".join(f"{r.failures.count(x)} {how}" for x, how in _HOW.items() if x in r.failures)
+            if k / n > self.max_failure_rate:
+                raise RewardFunctionError(
+                    f"reward function {name!r} failed on {k} of {n} samples ({kinds}), more than "
+                    f"max_failure_rate={self.max_failure_rate:g}: {first}"
+                ) from r.error
+            warnings.warn(
+                f"reward function {name!r} failed on {k} of {n} samples ({kinds}); they score 0 for it. First: "
+                f"{first}. Training stops when more than {self.max_failure_rate:.0%} of a batch fails "
+                "(max_failure_rate).",
+                RewardFailureWarning,
+                stacklevel=3,
+            )
+
+    # ---- life cycle -----------------------------------------------------------------------------------------
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live worker processes (none before the first batch or after :meth:`close`)."""
+        return self._pool.pids if self._pool is not None else []
+
+    def close(self) -> None:
+        """Stop the worker processes (the next batch starts new ones). Also done at garbage collection and exit."""
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> RewardRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def make_reward(spec: Any, **options: Any) -> Verifier:
-    """Build a reward from a name, an import path or a callable.
+_HOW = {"error": "raised", "timeout": "timed out", "invalid": "invalid values"}
 
-    :param spec: ``"boxed_math"``, ``"exact_match"``, ``"reasoning_gym"``, ``"package.module:function"`` (a
-        TRL-style reward function), a :class:`Verifier`, or a callable
-    :param options: constructor arguments of the named verifier
-    :return: a :class:`Verifier`
-    """
-    if isinstance(spec, Verifier):
-        return spec
-    if callable(spec):
-        return FunctionReward(spec, **options)
-    named: dict[str, type[Verifier]] = {
-        "boxed_math": BoxedMathVerifier,
-        "math": BoxedMathVerifier,
-        "exact_match": ExactMatchVerifier,
-        "reasoning_gym": ReasoningGymVerifier,
-    }
-    if isinstance(spec, str) and spec in named:
-        return named[spec](**options)
-    if isinstance(spec, str) and ":" in spec:
-        import importlib
 
-        module_name, attr = spec.split(":", 1)
-        fn = getattr(importlib.import_module(module_name), attr)
-        return fn if isinstance(fn, Verifier) else FunctionReward(fn, name=attr, **options)
-    raise ValueError(f"Unknown reward {spec!r}; use one of {', '.join(named)}, 'module:function' or a callable")
+def _unique_names(names: list[str]) -> list[str]:
+    """``names`` with repeats numbered (``exact_match``, ``exact_match_2``)."""
+    out: list[str] = []
+    for name in names:
+        candidate, k = name, 2
+        while candidate in out:
+            candidate, k = f"{name}_{k}", k + 1
+        out.append(candidate)
+    return out
+
+
+def _warn_in_process(name: str, why: str, stacklevel: int) -> None:
+    warnings.warn(
+        f"reward function {name!r} runs in this process, not in a worker: {why}. A stuck call is then abandoned in a "
+        "thread at timeout_s, not stopped; define the function at the top level of an importable module to score it "
+        "in worker processes.",
+        RewardFailureWarning,
+        stacklevel=stacklevel,
+    )

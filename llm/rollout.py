@@ -34,7 +34,7 @@ from .generation import GenerationEngine
 from .logprobs import policy_logprobs
 from .memory import peak_memory_mb
 from .models import PolicyModel
-from .rewards import RewardRunner, RewardStats, ScoredBatch
+from .rewards import RewardRunner, ScoredBatch, completion_id_lists
 from .sequences import EncodedPrompts, Rollout, encode_prompts
 
 __all__ = ["RolloutBatch", "RolloutCollector", "chunks", "trim_left"]
@@ -50,7 +50,7 @@ class RolloutBatch:
     :param rows: ``B`` dataset rows
     :param prompts: ``B`` rendered prompt texts (as the policy read them)
     :param group_ids: ``(B,)`` index of each sequence's prompt in the iteration
-    :param outcomes: ``(B,)`` rewards ``R``
+    :param outcomes: ``(B,)`` outcomes ``R`` (the reward runner's: by default the weighted sum of the rewards)
     :param success: ``(B,)`` bool
     :param old_logp: ``(B, T)`` behaviour log-probs
     :param ref_logp: ``(B, T)`` reference log-probs (``None`` without KL)
@@ -189,6 +189,7 @@ class RolloutBatch:
             "rollout/verifier_errors": float(st.errors),
             "rollout/verifier_timeouts": float(st.timeouts),
             "rollout/no_answer_rate": st.no_answer / max(st.n, 1),
+            **self.scored.metrics(),
             "train/advantage_mean": float(masked_mean(self.advantages, mask)),
             "train/advantage_abs_mean": float(masked_mean(self.advantages.abs(), mask)),
         }
@@ -208,20 +209,7 @@ class RolloutBatch:
 
 def merge_scored(parts: list[ScoredBatch]) -> ScoredBatch:
     """One :class:`~sppo_rl.llm.rewards.ScoredBatch` from the ranks' (lists concatenated, counts summed)."""
-    if len(parts) == 1:
-        return parts[0]
-    stats = RewardStats()
-    for part in parts:
-        for name in ("n", "no_answer", "errors", "timeouts", "invalid", "none"):
-            setattr(stats, name, getattr(stats, name) + getattr(part.stats, name))
-        stats.last_error = part.stats.last_error or stats.last_error
-    return ScoredBatch(
-        rewards=[x for p in parts for x in p.rewards],
-        success=[x for p in parts for x in p.success],
-        parsed=[x for p in parts for x in p.parsed],
-        failures=[x for p in parts for x in p.failures],
-        stats=stats,
-    )
+    return ScoredBatch.concat(parts)
 
 
 def chunks(index: Tensor, size: int) -> list[Tensor]:
@@ -268,6 +256,8 @@ class RolloutCollector:
         self.config = config
         self.estimator = estimator
         self.advantage_fn = advantage_fn
+        if critic is not None:
+            rewards.check_critic(critic.head)  # e.g. several rewards summing above 1 with the Bernoulli head
 
     # ---- prompts -----------------------------------------------------------------------------------------
 
@@ -397,15 +387,18 @@ class RolloutCollector:
         generation_peak_mb = peak_memory_mb(device)
 
         rows = [self.dataset[i] for i in indices for _ in range(n)]
-        scored = self.rewards.score([t for t in prompt_texts for _ in range(n)], rollout.texts, rows)
-        outcomes = torch.tensor(scored.rewards, dtype=torch.float32, device=device)
+        reward_prompts = [self.dataset.reward_prompt(i, t) for i, t in zip(indices, prompt_texts, strict=True)]
+        ids = completion_id_lists(rollout.response_ids, rollout.response_mask)
+        scored = self.rewards.score([p for p in reward_prompts for _ in range(n)], rollout.texts, rows, ids)
+        outcomes = torch.tensor(scored.outcomes, dtype=torch.float32, device=device)
         success = torch.tensor(scored.success, dtype=torch.bool, device=device)
         greedy_outcomes = None
         if greedy is not None:
-            g = self.rewards.score(prompt_texts, greedy.texts, [self.dataset[i] for i in indices])
-            greedy_outcomes = torch.tensor(g.rewards, dtype=torch.float32, device=device).repeat_interleave(n)
+            g_ids = completion_id_lists(greedy.response_ids, greedy.response_mask)
+            g = self.rewards.score(reward_prompts, greedy.texts, [self.dataset[i] for i in indices], g_ids)
+            greedy_outcomes = torch.tensor(g.outcomes, dtype=torch.float32, device=device).repeat_interleave(n)
         if self.critic is not None:
-            self.critic.head.check_outcomes(outcomes)  # e.g. a reward outside [0, 1] with the Bernoulli head
+            self.rewards.check_outcomes(outcomes, self.critic.head)  # an undeclared reward outside [0, 1], ...
         t_score = time.perf_counter() - t0 - t_gen
 
         old_logp, entropy = self.batched_logprobs(rollout)

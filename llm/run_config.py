@@ -27,14 +27,16 @@ __all__ = [
 
 @dataclass
 class DataSpec:
-    """A prompt dataset (see :func:`~sppo_rl.llm.data.load_rows`).
+    """A prompt dataset (see :func:`~sppo_rl.llm.data.load_rows`), in TRL's conventions.
 
     :param source: a local ``.jsonl``/``.json``/``.parquet``/``.csv`` path, ``"reasoning_gym:<task>"``,
         ``"toy:copy_digit"``, or a dict ``{"reasoning_gym": ..., "size": ..., "seed": ...}``
-    :param template: prompt template with ``{column}`` placeholders (``None``: the prompt column as it is)
-    :param system: optional system message
-    :param prompt_column: column with the question (or chat messages)
-    :param answer_column: column with the reference answer
+    :param template: prompt template with ``{column}`` placeholders (``None``: the prompt column as it is); not
+        used for a conversational prompt
+    :param system: optional system message (not used for a conversational prompt)
+    :param prompt_column: the column with the prompt, text or a list of chat messages (``None``: ``prompt`` when
+        the rows have it, else ``question``); every other column is passed to the reward functions by name
+    :param answer_column: column with the reference answer (read by the built-in verifiers)
     :param size: number of rows for generated sources
     :param seed: seed for generated sources
     :param max_rows: keep only the first rows (``None``: all)
@@ -43,7 +45,7 @@ class DataSpec:
     source: Any = None
     template: str | None = None
     system: str | None = None
-    prompt_column: str = "question"
+    prompt_column: str | None = None
     answer_column: str = "answer"
     size: int | None = None
     seed: int | None = None
@@ -52,16 +54,28 @@ class DataSpec:
 
 @dataclass
 class RewardSpec:
-    """The verifier.
+    """The reward functions, how they combine, and what the critic learns (see :mod:`sppo_rl.llm.rewards`).
 
-    :param name: ``"boxed_math"``, ``"exact_match"``, ``"reasoning_gym"`` or ``"package.module:function"``
-    :param options: constructor arguments (e.g. ``{"mode": "prefix"}`` for exact match)
-    :param timeout_s: seconds per verifier call; a timeout scores 0 and is counted
+    :param name: one reward or a list: ``"boxed_math"``, ``"exact_match"``, ``"reasoning_gym"`` or
+        ``"module:function"`` (a TRL-style function, imported from the working folder or the installed packages)
+    :param weights: one weight per reward (TRL's ``reward_weights``; ``None``: 1 each)
+    :param options: the options of a single reward (constructor arguments of a built-in, e.g. ``{"mode":
+        "prefix"}``, or keyword arguments bound to a function); with several, a mapping name -> options
+    :param outcome: what the critic learns and the advantage estimator uses as ``R``: ``None`` (the weighted sum),
+        a reward's name (that function's value), or a number ``t`` (1 when the weighted sum >= ``t``, else 0)
+    :param timeout_s: seconds per call of a function on its slice of a batch; a stuck call's worker is killed
+    :param workers: worker processes that score in parallel (0: in this process)
+    :param max_failure_rate: training stops when more than this share of a batch's samples fail for a function;
+        below it, failed samples score 0 for that function, with a warning
     """
 
-    name: str = "boxed_math"
+    name: str | list[str] = "boxed_math"
+    weights: list[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    timeout_s: float | None = 10.0
+    outcome: str | float | None = None
+    timeout_s: float | None = 30.0
+    workers: int = 4
+    max_failure_rate: float = 0.5
 
 
 @dataclass
@@ -130,7 +144,7 @@ class RunConfig:
     :param critic: the value model
     :param data: the training prompts
     :param eval_data: held-out prompts (optional)
-    :param reward: the verifier
+    :param reward: the reward functions and the outcome
     :param trainer: algorithm hyperparameters
     :param train: run length, logging and checkpoints
     :param eval: evaluation settings

@@ -29,6 +29,7 @@ step of :class:`~sppo_rl.llm.env.PromptEnv`), so ``num_timesteps`` counts sample
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 import warnings
@@ -72,6 +73,35 @@ from .updates import update_critic, update_policy
 __all__ = ["SPPOTrainer", "build_trainer"]
 
 
+_LATEST_PREFIXES = ("time/iterations", "time/total_timesteps", "time/time_elapsed", "time/fps", "eval/")
+_LATEST_KEYS = ("train/learning_rate", "train/critic_learning_rate")
+
+
+def aggregate_log_window(window: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One logged row from the metrics of the iterations since the previous row.
+
+    A metric is averaged over the iterations that report it, except peaks and extremes (``memory/*``,
+    ``time/peak_memory_mb``, ``*_max``, ``*_min``), which take the maximum or minimum, and counters, clocks,
+    learning rates and ``eval/*`` values, which take the latest.
+
+    :param window: each iteration's metrics, oldest first
+    :return: the row
+    """
+    row: dict[str, float] = {}
+    keys = dict.fromkeys(k for m in window for k in m)
+    for key in keys:
+        values = [float(m[key]) for m in window if key in m]
+        if key.startswith(_LATEST_PREFIXES) or key in _LATEST_KEYS:
+            row[key] = values[-1]
+        elif key.startswith("memory/") or key == "time/peak_memory_mb" or key.endswith("_max"):
+            row[key] = max(values)
+        elif key.endswith("_min"):
+            row[key] = min(values)
+        else:
+            row[key] = sum(values) / len(values)
+    return row
+
+
 class SPPOTrainer:
     """Sequence-Level PPO trainer for a LoRA language-model policy with a decoupled critic.
 
@@ -88,7 +118,11 @@ class SPPOTrainer:
     :param eval_data: held-out prompts for :meth:`evaluate`
     :param tokenizer: the tokenizer of an in-memory policy
     :param critic_tokenizer: the tokenizer of an in-memory critic model
-    :param reward_timeout_s: verifier timeout when ``reward`` is not a runner
+    :param reward_timeout_s: seconds a reward call on one worker's slice of the batch may take when ``reward`` is
+        not a runner (a stuck call is killed)
+    :param reward_weights: one weight per reward function (TRL's ``reward_weights``) when ``reward`` is not a runner
+    :param reward_outcome: what the critic learns with several rewards or rewards outside [0, 1]: a function's name,
+        a threshold on the weighted sum, or ``None`` for the sum (see :class:`~sppo_rl.llm.rewards.RewardRunner`)
     :param logger: an SB3 ``Logger`` (default: one built from ``log_dir``/``logger_formats``/``verbose``)
     :param log_dir: folder of the file loggers
     :param logger_formats: local outputs (:data:`sppo_rl.llm.run_logs.FORMATS`), e.g. ``["compact", "csv"]``
@@ -113,7 +147,9 @@ class SPPOTrainer:
         eval_data: Any = None,
         tokenizer: Any = None,
         critic_tokenizer: Any = None,
-        reward_timeout_s: float | None = 10.0,
+        reward_timeout_s: float | None = 30.0,
+        reward_weights: Sequence[float] | None = None,
+        reward_outcome: str | float | None = None,
         logger: Any = None,
         log_dir: str | None = None,
         logger_formats: list[str] | None = None,
@@ -147,7 +183,9 @@ class SPPOTrainer:
         # data and rewards
         self.env, self.dataset = resolve_train_data(train_data)
         self.eval_dataset: PromptDataset | None = load_prompt_dataset(eval_data) if eval_data is not None else None
-        self.rewards = resolve_rewards(reward, self.env, reward_timeout_s)
+        self.rewards = resolve_rewards(
+            reward, self.env, reward_timeout_s, weights=reward_weights, outcome=reward_outcome
+        )
 
         # models (seeded: a LoRA adapter's initial weights come from the global random state)
         _seed_global(cfg.seed)
@@ -220,17 +258,23 @@ class SPPOTrainer:
 
     @classmethod
     def from_config(
-        cls, config: RunConfig, checkpoint: str | None = None, verbose: int = 1, logger: Any = None
+        cls,
+        config: RunConfig | str | os.PathLike[str],
+        checkpoint: str | None = None,
+        verbose: int = 1,
+        logger: Any = None,
     ) -> SPPOTrainer:
         """Build every component of a run and the trainer (what ``sppo-llm train`` does). The state of
         ``checkpoint`` is *not* loaded here (call :meth:`load_checkpoint`); only its saved in-process tokenizers
         are reused, so that token ids match.
 
-        :param config: the run configuration
+        :param config: the run configuration, or the path of its YAML file (as ``sppo-llm train`` reads it)
         :param checkpoint: a checkpoint folder whose saved in-process tokenizers should be reused
         :param verbose: 0 silences stdout logging
         :param logger: an SB3 logger (default: SB3 ``configure(output_dir, train.logger)``)
         """
+        if not isinstance(config, RunConfig):
+            config = RunConfig.from_yaml(os.fspath(config))
         import_user_modules(config.imports)
         dataset = build_dataset(config.data, "train")
         eval_dataset = build_dataset(config.eval_data, "eval") if config.eval_data is not None else None
@@ -489,7 +533,9 @@ class SPPOTrainer:
             ``prompts_per_step x samples_per_prompt``); ``total_timesteps`` is an alias
         :param n_iterations: iterations to run (wins over ``total_steps``)
         :param callback: SB3 callback(s) or ``fn(locals, globals) -> bool``; returning ``False`` stops training
-        :param log_interval: dump the logger every this many iterations (and at the last one)
+        :param log_interval: dump the logger every this many iterations (and at the last one); a row holds the
+            mean of each metric over the iterations since the previous row (as TRL's ``logging_steps``), the peak of
+            the ``memory/*`` ones, and the latest value of counters, clocks, learning rates and evaluations
         :param progress_bar: show a ``tqdm`` progress bar (in responses)
         :param eval_interval: evaluate on ``eval_data`` every this many iterations (logged as ``eval/*``)
         :param save_interval: save a checkpoint to ``save_dir/checkpoint-<iteration>`` every this many iterations
@@ -518,6 +564,7 @@ class SPPOTrainer:
             bar = tqdm(total=n_iterations * per_iter, unit="resp", dynamic_ncols=True)
         start = time.perf_counter()
         start_steps = self.num_timesteps
+        window: list[dict[str, float]] = []  # the iterations since the last logged row
         try:
             for i in range(n_iterations):
                 cb.on_rollout_start()
@@ -537,11 +584,13 @@ class SPPOTrainer:
                 if bar is not None:
                     bar.update(per_iter)
                     bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
+                window.append(metrics)
                 last = i == n_iterations - 1  # the last iteration of a call is always logged
                 if log_interval and (self.iteration % log_interval == 0 or last):
-                    for k, v in metrics.items():
+                    for k, v in aggregate_log_window(window).items():
                         self.logger.record(k, v)
                     self.logger.dump(step=self.num_timesteps)
+                    window = []
                 if save_interval and save_dir and self.iteration % save_interval == 0:
                     self.save(f"{save_dir}/checkpoint-{self.iteration}")
                 if not cb.on_step():
@@ -616,8 +665,9 @@ class SPPOTrainer:
         )
 
     def close(self) -> None:
-        """Finish the run's outputs (trackers end their runs)."""
+        """Finish the run: trackers end their runs and the reward worker processes stop."""
         self.run_log.close()
+        self.rewards.close()
 
     def save(self, path: str) -> str:
         """Save adapter, critic, optimizers, RNG and counters to folder ``path`` (see

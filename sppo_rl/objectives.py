@@ -520,8 +520,10 @@ def broadcast_to_steps(advantages: Tensor, mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of ``values`` over positions where ``mask`` is 1 (over ``dim``, or all)."""
+def masked_mean(values: Tensor, mask: Tensor | None, dim: int | None = None) -> Tensor:
+    """Mean of ``values`` over positions where ``mask`` is 1 (over ``dim``, or all); ``mask=None``: every position."""
+    if mask is None:
+        return values.mean() if dim is None else values.mean(dim)
     m = mask.to(values.dtype)
     if dim is None:
         return (values * m).sum() / m.sum().clamp(min=1)
@@ -659,19 +661,24 @@ def clipped_value_loss(
 
 
 def aggregate_loss(
-    loss_mat: Tensor, mask: Tensor, loss_agg_mode: str = "token-mean", norm_length: int | None = None
+    loss_mat: Tensor, mask: Tensor | None, loss_agg_mode: str = "token-mean", norm_length: int | None = None
 ) -> Tensor:
     """Reduce a ``(B, T)`` matrix of per-step losses to a scalar (see :data:`LOSS_AGG_MODES`).
 
     Sequences without any valid step are left out of the sequence means.
 
     :param loss_mat: ``(B, T)``
-    :param mask: ``(B, T)``
+    :param mask: ``(B, T)``, or ``None`` when every position is valid (e.g. a flat ``(1, n)`` row of steps for
+        ``"token-mean"``, which needs no padding)
     :param loss_agg_mode: one of :data:`LOSS_AGG_MODES`
     :param norm_length: the constant length of ``"seq-mean-token-sum-norm"`` (``None``: ``T``); keep it fixed over
         a run (e.g. the response limit), so that micro-batches of different widths agree
     :return: scalar tensor
     """
+    if mask is None:
+        if loss_agg_mode == "token-mean":
+            return loss_mat.mean()
+        mask = torch.ones_like(loss_mat)
     m = mask.to(loss_mat.dtype)
     if loss_agg_mode == "token-mean":
         return (loss_mat * m).sum() / m.sum().clamp(min=1)
@@ -711,7 +718,7 @@ def clipped_policy_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,
     advantages: Tensor,
-    mask: Tensor,
+    mask: Tensor | None,
     clip_range: float = 0.2,
     clip_range_high: float | None = None,
     dual_clip: float | None = None,
@@ -730,7 +737,7 @@ def clipped_policy_loss(
     :param old_log_prob: ``(B, T)`` log-probabilities under the behaviour policy
     :param advantages: ``(B, T)`` per-step advantages (a sequence-level one broadcast with
         :func:`broadcast_to_steps`)
-    :param mask: ``(B, T)``
+    :param mask: ``(B, T)``, or ``None`` when every position is valid (no padding)
     :param clip_range: ``eps_low``
     :param clip_range_high: ``eps_high``; ``None`` means ``clip_range`` (symmetric)
     :param dual_clip: the dual-clip constant ``c`` (> 1, e.g. 3.0), or ``None`` for none
@@ -739,7 +746,8 @@ def clipped_policy_loss(
     :param norm_length: the constant length of ``"seq-mean-token-sum-norm"`` (see :func:`aggregate_loss`)
     :return: :class:`PolicyLossOutput`
     """
-    _check_same_shape(log_prob=log_prob, old_log_prob=old_log_prob, advantages=advantages, mask=mask)
+    shapes = dict(log_prob=log_prob, old_log_prob=old_log_prob, advantages=advantages)
+    _check_same_shape(**shapes, **({} if mask is None else {"mask": mask}))
     if clip_range <= 0:
         raise ValueError(f"clip_range must be > 0, got {clip_range}")
     eps_high = clip_range if clip_range_high is None else clip_range_high
@@ -768,7 +776,7 @@ def clipped_policy_loss(
 
     loss = aggregate_loss(loss_mat, mask, loss_agg_mode, norm_length)
     with torch.no_grad():
-        m = mask.to(ratio.dtype)
+        m = None if mask is None else mask.to(ratio.dtype)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, m)
         return PolicyLossOutput(
             loss=loss,

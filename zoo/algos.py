@@ -57,9 +57,11 @@ class AlgoSpec:
 
     def constructor_keys(self) -> frozenset[str]:
         """The constructor arguments a YAML entry may set (the class's keyword arguments, minus those the zoo
-        sets from the command line)."""
+        sets from the command line and those a class takes only for calls written for another algorithm, such as
+        ``SPPO.ppo_only_keywords``: in a hyperparameter file they are mistakes)."""
         parameters = inspect.signature(self.cls.__init__).parameters
-        return frozenset(parameters) - _SET_BY_THE_ZOO
+        foreign = frozenset(getattr(self.cls, "ppo_only_keywords", ()))
+        return frozenset(parameters) - _SET_BY_THE_ZOO - foreign
 
     def allowed_keys(self) -> frozenset[str]:
         """All keys a YAML entry may have: constructor arguments and the zoo's own keys."""

@@ -151,7 +151,10 @@ def check_keys(entry: Mapping[str, Any], spec: AlgoSpec, source: str) -> None:
     :raises ZooError: naming the first unknown key and close matches
     """
     allowed = spec.allowed_keys()
+    foreign = getattr(spec.cls, "ppo_only_keywords", {})
     for key in entry:
+        if key in foreign and key not in allowed:
+            raise ZooError(f"Unknown hyperparameter {key!r} for {spec.name} in {source}: {foreign[key]}")
         if key not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(sorted(allowed))}"

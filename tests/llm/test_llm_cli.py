@@ -195,8 +195,8 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, capsys: Any) -> None:
 
 @pytest.mark.slow
 def test_tiny_cpu_example_reward_rises(tmp_path: Path, capsys: Any) -> None:
-    """The documented CPU example, as is (about 10 s on 2 cores): reward rises from ~0.05 to well above 0.5."""
+    """The documented CPU example, as is: reward rises from ~0.05 to well above 0.5."""
     assert main(["train", str(TINY), "--output-dir", str(tmp_path), "--quiet"]) == 0
     summary = _last_json(capsys.readouterr().out)
-    assert summary["reward_first_iteration"] < 0.15
-    assert summary["reward_last_10_iterations"] > 0.5
+    assert summary["reward_first_logged"] < 0.15
+    assert summary["reward_last_logged"] > 0.5

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from sppo_rl.llm.data import (
+    DatasetFileError,
+    DatasetRowError,
     EmptyDatasetError,
     PromptDataset,
     PromptSampler,
@@ -21,6 +23,8 @@ from sppo_rl.llm.rewards import (
     ExactMatchVerifier,
     FunctionReward,
     ReasoningGymVerifier,
+    RewardFailureWarning,
+    RewardFunctionError,
     RewardRunner,
     Verifier,
     VerifierResult,
@@ -89,6 +93,64 @@ def test_template_keeps_boxed_braces_and_renders_chat(policy_tokenizer: Any) -> 
     assert conversational == [{"role": "user", "content": "hi"}]
     with pytest.raises(KeyError, match="no column"):
         PromptDataset([{"text": "x"}])
+
+
+def test_prompt_column_is_prompt_then_question() -> None:
+    trl = PromptDataset([{"prompt": "Say 7", "question": "unused", "answer": "7"}])
+    assert trl.prompt_column == "prompt" and trl.messages(0) == [{"role": "user", "content": "Say 7"}]
+    ours = PromptDataset(ROWS)
+    assert ours.prompt_column == "question" and ours.messages(1)[0]["content"] == "What is 2 * 3?"
+    explicit = PromptDataset([{"prompt": "unused", "question": "Say 7"}], prompt_column="question")
+    assert explicit.messages(0)[0]["content"] == "Say 7"
+    templated = PromptDataset([{"problem": "1 + 1"}], template="Solve {problem}.")  # needs no prompt column
+    assert templated.messages(0)[0]["content"] == "Solve 1 + 1."
+
+
+def test_conversational_rows_give_messages_to_the_policy_and_the_rewards() -> None:
+    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say 7"}]
+    ds = PromptDataset([{"prompt": convo, "solution": "7"}, {"prompt": "Say 8", "solution": "8"}], system="ignored")
+    assert ds.messages(0) == convo and ds.conversational(0) and not ds.conversational(1)
+    assert ds.reward_prompt(0, "rendered") == convo and ds.reward_prompt(1, "rendered") == "rendered"
+    assert ds.columns([0, 1])["solution"] == ["7", "8"]  # every other column goes to the reward functions
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"text": "x"}, "has no column 'question' (neither 'prompt' nor 'question'); its columns: ['text']"),
+        ({"prompt": None}, "has an empty prompt in column 'prompt': None"),
+        ({"prompt": "  "}, "has an empty prompt in column 'prompt': '  '"),
+        ({"prompt": []}, "has an empty prompt in column 'prompt': []"),
+        ({"prompt": ["a", "b"]}, "column 'prompt' holds a list that is not chat messages"),
+    ],
+)
+def test_a_row_without_a_prompt_is_an_error_naming_it(row: dict[str, Any], message: str) -> None:
+    rows = [{"prompt": "fine"}, {"prompt": "fine"}, row] if "prompt" in row else [{"question": "q"}] * 3 + [row]
+    with pytest.raises(DatasetRowError) as info:
+        PromptDataset(rows, name="train")
+    index = len(rows) - 1
+    assert str(info.value).startswith(f"Row {index} (counting from 0) of the dataset 'train'")
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, KeyError)
+
+
+def test_jsonl_errors_name_the_file_and_the_line(tmp_path: Any) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "a", "answer": "1"}\n\n{"prompt": "b", "answer": "2"}\n{"prompt": "c", answer: 3}\n')
+    with pytest.raises(DatasetFileError) as info:
+        load_rows(str(path))
+    assert (
+        str(info.value)
+        == f"{path}, line 4: not valid JSON (Expecting property name enclosed in double quotes at column 17)"
+    )
+    assert info.value.__suppress_context__  # one line, not the JSON parser's traceback
+    path.write_text('{"prompt": "a"}\n[1, 2]\n')
+    with pytest.raises(DatasetFileError, match=r"line 2: expected a JSON object \(one row\), got a list"):
+        load_rows(str(path))
+    path.write_text('{"prompt": "a", "answer": "1"}\n\n{"answer": "2"}\n')  # blank lines are skipped
+    assert load_rows(str(path)) == [{"prompt": "a", "answer": "1"}, {"answer": "2"}]
+    with pytest.raises(DatasetRowError, match=r"Row 1 .* has no column 'prompt'"):
+        PromptDataset.from_source(str(path))
 
 
 def test_sampler_epochs_and_state() -> None:
@@ -168,43 +230,44 @@ class _Sleepy(Verifier):
         return VerifierResult(1.0, completion, True)
 
 
-def test_runner_never_raises_and_counts_failures() -> None:
+def test_runner_counts_failures_and_raises_above_the_rate() -> None:
     def flaky(prompts: list[str], completions: list[str], **kw: Any) -> list[float | None]:
-        c = completions[0]
-        if c == "boom":
+        table = {"boom": RuntimeError, "nan": float("nan"), "skip": None, "text": "not a number"}
+        if "boom" in completions:
             raise RuntimeError("verifier crashed")
-        if c == "nan":
-            return [float("nan")]
-        if c == "skip":
-            return [None]
-        if c == "text":
-            return ["not a number"]  # type: ignore[list-item]
-        return [0.5]
+        return [table.get(c, 0.5) for c in completions]  # type: ignore[misc]
 
     def uses_columns(prompts: list[str], completions: list[str], answer: list[str], **kw: Any) -> list[float]:
         assert "prompt" not in kw and kw["level"] == [3]
         return [float(completions[0] == answer[0])]
 
-    assert RewardRunner(uses_columns).score(["p"], ["7"], [{"answer": "7", "prompt": "p", "level": 3}]).rewards == [1.0]
+    with pytest.warns(RewardFailureWarning, match="'uses_columns' runs in this process"):
+        columns = RewardRunner(uses_columns)
+    assert columns.score(["p"], ["7"], [{"answer": "7", "prompt": "p", "level": 3}]).rewards == [1.0]
 
-    runner = RewardRunner(flaky, timeout_s=None)
-    out = runner.score(["p"] * 5, ["ok", "boom", "nan", "skip", "text"], [{}] * 5)
-    assert out.rewards == [0.5, 0.0, 0.0, 0.0, 0.0]
-    assert out.failures == [None, "error", "invalid", "none", "invalid"]
-    assert out.stats.errors == 1 and out.stats.invalid == 2 and out.stats.none == 1 and out.stats.failures == 3
-    assert out.stats.last_error == "flaky: invalid score nan"  # the last failure, named by the function
+    runner = RewardRunner(flaky, timeout_s=None, workers=0)
+    with pytest.warns(RewardFailureWarning, match=r"'flaky' failed on 2 of 5 samples \(2 invalid values\)"):
+        out = runner.score(["p"] * 5, ["ok", "ok", "nan", "skip", "text"], [{}] * 5)
+    assert out.rewards == [0.5, 0.5, 0.0, 0.0, 0.0]
+    assert out.failures == [None, None, "invalid", "none", "invalid"]
+    assert out.stats.invalid == 2 and out.stats.none == 1 and out.stats.failures == 2
+    assert out.stats.last_error == "flaky: ValueError: returned nan for sample 2"  # the first failure, named
+    with pytest.raises(RewardFunctionError, match=r"'flaky' failed on 2 of 2 samples .*verifier crashed"):
+        runner.score(["p"] * 2, ["ok", "boom"], [{}] * 2)  # a call that raises fails its whole batch
 
-    slow = RewardRunner(_Sleepy(), timeout_s=0.2)
+    slow = RewardRunner(_Sleepy(), timeout_s=0.2, workers=0, max_failure_rate=1.0)
     t0 = time.perf_counter()
-    res = slow.score(["p", "p"], ["slow", "fast"], [{}, {}])
-    assert time.perf_counter() - t0 < 1.5
-    assert res.rewards == [0.0, 1.0] and res.failures == ["timeout", None] and res.stats.timeouts == 1
+    with pytest.warns(RewardFailureWarning, match="2 timed out"):
+        res = slow.score(["p", "p"], ["slow", "fast"], [{}, {}])
+    assert time.perf_counter() - t0 < 1.5  # one timeout per call, not one per sample
+    assert res.rewards == [0.0, 0.0] and res.failures == ["timeout", "timeout"] and res.stats.timeouts == 2
 
 
 def test_runner_weights_and_make_reward() -> None:
-    runner = RewardRunner(
-        [ExactMatchVerifier(), lambda prompts, completions, **kw: [0.25] * len(prompts)], weights=[1.0, 2.0]
-    )
+    with pytest.warns(RewardFailureWarning, match="'<lambda>' runs in this process"):
+        runner = RewardRunner(
+            [ExactMatchVerifier(), lambda prompts, completions, **kw: [0.25] * len(prompts)], weights=[1.0, 2.0]
+        )
     out = runner.score(["p"], ["7"], [{"answer": "7"}])
     assert out.rewards == [1.5] and out.success == [True]
     assert isinstance(make_reward("boxed_math"), BoxedMathVerifier)

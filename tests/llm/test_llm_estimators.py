@@ -16,11 +16,7 @@ from sppo_rl.llm.rewards import ExactMatchVerifier
 from sppo_rl.llm.trainer import SPPOTrainer
 
 from sppo_rl.value_heads import BernoulliValueHead, RawValueHead
-
-
-def parity_reward(prompts: list[str], completions: list[str], **kw: Any) -> list[float]:
-    """A deterministic, response-dependent 0/1 reward (so groups have mixed outcomes)."""
-    return [float(sum(map(ord, c)) % 2) for c in completions]
+from tests.llm.reward_helpers import parity_reward
 
 
 def _trainer(make_policy: Any, copy_rows: Any, estimator: str, critic: Any = "shared", **kw: Any) -> SPPOTrainer:

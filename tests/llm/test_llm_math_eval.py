@@ -280,7 +280,7 @@ def tiny_trainer() -> Any:
 
 def test_benchmark_reward_is_the_training_reward(tiny_trainer: Any) -> None:
     runner = benchmark_rewards(tiny_trainer)
-    (verifier,) = runner.verifiers
+    (verifier,) = runner.functions
     assert isinstance(verifier, BoxedMathVerifier) and verifier.answer_column == "answer"
     assert runner.timeout_s == tiny_trainer.run_config.reward.timeout_s
 

@@ -60,10 +60,44 @@ def test_resume_appends_and_the_summary_covers_the_whole_run(tmp_path: Path, cap
         assert a["rollout/reward_mean"] == b["rollout/reward_mean"]  # exact resume
     summary = json.loads((out / "summary.json").read_text())
     assert summary["first_logged_iteration"] == 1
-    assert summary["reward_first_iteration"] == float(whole[0]["rollout/reward_mean"])
+    assert summary["reward_first_logged"] == float(whole[0]["rollout/reward_mean"])
+    assert summary["reward_last_logged"] == float(whole[-1]["rollout/reward_mean"])
+    assert summary["logged_rows"] == 4
     # more iterations later: appended, not overwritten
     assert _train(out, 6, "--resume", "auto", "--quiet") == 0
     assert _iterations(out) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_logged_row_averages_the_iterations_since_the_previous_one(tmp_path: Path) -> None:
+    """log_interval=2 logs the mean of iterations (1, 2) and (3, 4) of the same run logged every iteration."""
+    assert _train(tmp_path / "every", 4, "--quiet") == 0
+    assert _train(tmp_path / "pairs", 4, "--quiet", "--set", "train.log_interval=2") == 0
+    every, pairs = _progress(tmp_path / "every"), _progress(tmp_path / "pairs")
+    assert _iterations(tmp_path / "pairs") == [2, 4]
+    for row, (a, b) in zip(pairs, [every[0:2], every[2:4]], strict=True):
+        for key in ("rollout/reward_mean", "train/value_loss", "rollout/entropy"):
+            assert float(row[key]) == pytest.approx((float(a[key]) + float(b[key])) / 2, rel=1e-6)
+        assert float(row["rollout/response_length_max"]) == max(
+            float(a["rollout/response_length_max"]), float(b["rollout/response_length_max"])
+        )
+        assert row["time/total_timesteps"] == b["time/total_timesteps"]
+
+
+def test_aggregate_log_window_rules() -> None:
+    from sppo_rl.llm.trainer import aggregate_log_window
+
+    window = [
+        {"rollout/reward_mean": 0.0, "memory/rollout_peak_mb": 5.0, "time/iterations": 1, "eval/pass@k": 0.5},
+        {"rollout/reward_mean": 1.0, "memory/rollout_peak_mb": 3.0, "time/iterations": 2, "train/learning_rate": 1e-3},
+    ]
+    row = aggregate_log_window(window)
+    assert row == {
+        "rollout/reward_mean": 0.5,
+        "memory/rollout_peak_mb": 5.0,
+        "time/iterations": 2.0,
+        "eval/pass@k": 0.5,  # the latest evaluation, even when the last iteration had none
+        "train/learning_rate": 1e-3,
+    }
 
 
 def test_an_existing_run_is_not_overwritten_by_mistake(tmp_path: Path, capsys: Any) -> None:
@@ -150,6 +184,18 @@ def test_trackers_log_locally_and_continue_the_run_on_resume(
 def test_an_unknown_tracker_lists_the_known_ones(tmp_path: Path, capsys: Any) -> None:
     assert _train(tmp_path / "run", 1, "--set", "train.report_to=[comet]", "--quiet") == 2
     assert "Unknown report_to tracker 'comet'; known: tensorboard, wandb, trackio, mlflow" in capsys.readouterr().err
+
+
+def test_from_config_reads_a_yaml_path(tmp_path: Path, monkeypatch: Any) -> None:
+    """``SPPOTrainer.from_config("run.yml")`` builds the same run as ``sppo-llm train run.yml``."""
+    monkeypatch.chdir(tmp_path)  # the example's output_dir is relative
+    trainer = SPPOTrainer.from_config(TINY, verbose=0)
+    try:
+        assert trainer.run_config is not None and trainer.run_config.train.n_iterations == 200
+        assert trainer.config.prompts_per_step == 64 and trainer.config.estimator == "sppo"
+        assert len(trainer.eval_dataset) == 50
+    finally:
+        trainer.close()
 
 
 def test_from_pretrained_and_the_critic_as_a_sequence_classifier(tmp_path: Path) -> None:

@@ -18,10 +18,11 @@ import math
 
 
 def diverge_or_raise(trial, context):
-    """Trial 0 is fine, trial 1 diverges (NaN loss -> NaN parameters), trial 2 raises when the model is built."""
+    """Trial 0 is fine, trial 1 diverges (a learning rate of 1e38 -> non-finite parameters after the first update;
+    SPPO refuses a NaN argument when the model is built), trial 2 raises when the model is built."""
     kind = ("ok", "nan", "raise")[trial.number % 3]
     trial.set_user_attr("kind", kind)
-    return {"ok": {}, "nan": {"ent_coef": math.nan}, "raise": {"loss_agg_mode": "bogus"}}[kind]
+    return {"ok": {}, "nan": {"learning_rate": 1e38}, "raise": {"loss_agg_mode": "bogus"}}[kind]
 
 
 def failed_by_another_process(trial, context):
