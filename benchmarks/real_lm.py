@@ -49,6 +49,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -427,6 +428,7 @@ CRITIC_VARIANTS: dict[str, dict[str, Any]] = {
     "lr3e-5_top8_1pass": {"critic_lr": 3e-5, "critic_layers": 8, "passes": 1},
     "lr1e-4_top8_1pass": {"critic_lr": 1e-4, "critic_layers": 8, "passes": 1},
     "lr1e-4_top8_3pass": {"critic_lr": 1e-4, "critic_layers": 8, "passes": 3},
+    "lr3e-4_top8_3pass": {"critic_lr": 3e-4, "critic_layers": 8, "passes": 3},
     "lr3e-5_all_3pass": {"critic_lr": 3e-5, "critic_layers": 0, "passes": 3},
     "lr3e-4_top2_3pass": {"critic_lr": 3e-4, "critic_layers": 2, "passes": 3},
 }
@@ -434,11 +436,19 @@ CRITIC_VARIANTS: dict[str, dict[str, Any]] = {
 of the last layers train, passes over the data)."""
 
 
-def critic_study(args: argparse.Namespace, llm: Any, base: Any, tokenizer: Any, device: torch.device) -> dict[str, Any]:
+def critic_study(
+    args: argparse.Namespace,
+    llm: Any,
+    base: Any,
+    tokenizer: Any,
+    device: torch.device,
+    save: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Which critic settings tell prompts apart: sample the base policy once (one response per training prompt,
     ``--calib-samples`` per held-out prompt), then train a fresh critic of each :data:`CRITIC_VARIANTS` setting on the
     training outcomes (mini-batches of ``--prompts-per-step`` prompts) and score its ``V(prompt)`` on the held-out
-    prompts with :func:`brier_skill` after every pass."""
+    prompts with :func:`brier_skill` after every pass. ``save`` receives the results so far after each setting (a
+    long study killed part-way keeps what it measured)."""
     from sppo_rl.llm.rewards import ExactMatchVerifier, RewardRunner
     from sppo_rl.llm.updates import clip_gradients
 
@@ -495,9 +505,29 @@ def critic_study(args: argparse.Namespace, llm: Any, base: Any, tokenizer: Any, 
                 f"sd(V) {score['predicted_sd']:.3f}, {score['seconds']:.0f}s",
                 flush=True,
             )
-        results[name] = {"variant": variant, "per_pass": per_pass}
+        results[name] = {"variant": variant, "per_pass": per_pass, "predicted": predicted}
         del critic, optimizer
-    return {"sample_s": sample_s, "base_rate": base_rate, "variants": results, "observed": observed}
+        if save is not None:
+            save(study_record(sample_s, base_rate, results, observed, eval_rows))
+    return study_record(sample_s, base_rate, results, observed, eval_rows)
+
+
+def study_record(
+    sample_s: float,
+    base_rate: float,
+    results: dict[str, Any],
+    observed: list[float],
+    eval_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The JSON of ``--critic-study``: the settings' scores, the held-out outcomes and each prompt's kind and size."""
+    held_out = [{"kind": r["kind"], "size": r["size"]} for r in eval_rows]
+    return {
+        "sample_s": sample_s,
+        "base_rate": base_rate,
+        "variants": results,
+        "observed": observed,
+        "held_out": held_out,
+    }
 
 
 def _sd(xs: list[float]) -> float:
@@ -1164,9 +1194,10 @@ def report(path: str) -> str:
         if late:
             critic = sum(p["brier_critic"] for p in late) / len(late)
             ema = sum(p["brier_ema"] for p in late) / len(late)
+            skill = 1 - critic / ema if ema > 0 else 0.0  # no outcome varied: both baselines are exact
             out.append(
                 f"\nOn the training responses, second half of the run (windows of 10 iterations): mean (R - V)^2 "
-                f"{critic:.4f} with the critic, {ema:.4f} with the moving average (skill {1 - critic / ema:+.3f})"
+                f"{critic:.4f} with the critic, {ema:.4f} with the moving average (skill {skill:+.3f})"
             )
     out.append("\n" + json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
     return "\n".join(out)
@@ -1245,12 +1276,14 @@ def main(argv: list[str] | None = None) -> int:
         measure_base(args, llm, base, tokenizer, device)
         return 0
     if args.critic_study:
-        study = critic_study(args, llm, base, tokenizer, device)
-        if args.out:
-            write_json(
-                os.path.join(args.out, "critic_study.json"),
-                {"settings": vars(args), "machine": machine_info(), **study},
-            )
+
+        def save(study: dict[str, Any]) -> None:
+            if args.out:
+                record = {"settings": vars(args), "machine": machine_info(), "load_s": load_s}
+                record.update(wall_s=time.perf_counter() - wall0, **study)
+                write_json(os.path.join(args.out, "critic_study.json"), record)
+
+        save(critic_study(args, llm, base, tokenizer, device, save))
         return 0
 
     if args.task == "graded":

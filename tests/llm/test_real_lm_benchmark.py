@@ -156,3 +156,26 @@ def test_a_whole_run_on_a_tiny_gguf_model(real_lm: Any, tmp_path: Path) -> None:
     assert data["summary"]["table"]["grpo"]["iterations"] == len(data["runs"]["grpo"]["iterations"])
     text = real_lm.report(str(out / "real_lm.json"))
     assert "| sppo |" in text and "| predicted V |" in text
+
+
+@pytest.mark.slow
+def test_critic_study_on_a_tiny_gguf_model(real_lm: Any, tmp_path: Path) -> None:
+    gguf_path = write_tiny_gguf(str(tmp_path / "tiny.Q8_0.gguf"))
+    out = tmp_path / "out"
+    out.mkdir()
+    variants = "lr1e-4_top8_3pass,lr3e-4_top2_3pass"
+    argv = ["--gguf", gguf_path, "--device", "cpu", "--dtype", "float32", "--task", "graded", "--critic-study",
+            "--study-train", "6", "--study-variants", variants, "--eval-size", "4", "--eval-batch", "4",
+            "--gen-batch", "4", "--prompts-per-step", "2", "--max-new-tokens", "3", "--calib-samples", "2",
+            "--lora-r", "2", "--lora-layers", "1", "--out", str(out)]  # fmt: skip
+    assert real_lm.main(argv) == 0
+    data = json.loads((out / "critic_study.json").read_text())
+    assert set(data["variants"]) == set(variants.split(","))
+    assert len(data["observed"]) == 4 and 0 <= data["base_rate"] <= 1 and data["wall_s"] >= data["sample_s"]
+    for name, result in data["variants"].items():
+        assert result["variant"] == real_lm.CRITIC_VARIANTS[name]
+        assert [p["passes"] for p in result["per_pass"]] == [1, 2, 3]
+        assert all(p["brier"] >= 0 and p["skill"] <= 1 for p in result["per_pass"])
+        again = real_lm.brier_skill(result["predicted"], data["observed"], data["base_rate"])
+        assert again == pytest.approx({k: result["per_pass"][-1][k] for k in again})
+    assert [r["kind"] for r in data["held_out"]] == ["add", "sub", "mul", "add"]
