@@ -468,9 +468,8 @@ def critic_study(
         flush=True,
     )
     results: dict[str, Any] = {}
-    for name, variant in CRITIC_VARIANTS.items():
-        if args.study_variants and name not in args.study_variants.split(","):
-            continue
+    for name in args.study_variants.split(",") if args.study_variants else CRITIC_VARIANTS:
+        variant = CRITIC_VARIANTS[name]
         v_args = copy.copy(args)
         v_args.critic_layers = variant["critic_layers"]
         torch.manual_seed(args.seed)
@@ -1141,7 +1140,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--critic-study", action="store_true", help="only compare critic settings on the base policy's outcomes"
     )
     p.add_argument("--study-train", type=int, default=768, help="training prompts of --critic-study")
-    p.add_argument("--study-variants", default="", help="comma-separated CRITIC_VARIANTS names (default: all)")
+    p.add_argument(
+        "--study-variants", default="", help="comma-separated CRITIC_VARIANTS names, in the order to run (default: all)"
+    )
     p.add_argument("--measure-n", type=int, default=100, help="prompts per kind for --measure-base")
     p.add_argument("--out", default=None, help="folder for real_lm.json and real_lm.png")
     p.add_argument("--report", metavar="JSON", help="print the Markdown tables of a saved real_lm.json and exit")
