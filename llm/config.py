@@ -25,6 +25,7 @@ from sppo_rl.objectives import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, get_advanta
 from .engine_registry import check_engine_name
 
 __all__ = [
+    "ESTIMATOR_DEFAULTS",
     "CriticSpec",
     "DistributedSettings",
     "GenerationSettings",
@@ -108,7 +109,9 @@ class CriticSpec:
         ReMax)
     :param model: the critic's model for ``mode="separate"`` (loaded without its LM head); ``lora=None`` (the
         default) trains every weight as the paper does, a :class:`LoraSettings` trains an adapter
-    :param value_head: ``"bernoulli"`` (default; ``V = sigmoid(logit)``, BCE) or ``"gaussian"``
+    :param value_head: ``"auto"`` (the estimator's: ``"raw"`` for ``"ppo"``, else ``"bernoulli"``),
+        ``"bernoulli"`` (``V = sigmoid(logit)``, BCE), ``"gaussian"`` (MSE in a normalised space) or ``"raw"``
+        (unbounded value, MSE)
     :param lora: the adapter of ``mode="shared"``
     :param max_prompt_length: the critic's prompt limit in its own tokens (default: the policy's)
     :param chat_template: how the critic renders the prompt messages with its own tokenizer (see
@@ -117,7 +120,7 @@ class CriticSpec:
 
     mode: str = "separate"
     model: ModelSpec = field(default_factory=_critic_model_default)
-    value_head: str = "bernoulli"
+    value_head: str = "auto"
     lora: LoraSettings = field(default_factory=LoraSettings)
     max_prompt_length: int | None = None
     chat_template: bool | str = "auto"
@@ -188,6 +191,15 @@ class DistributedSettings:
     timeout_s: float = 1800.0
 
 
+ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {"value_head": "raw", "value_clip": 0.5, "critic_warmup_iterations": 50},
+}
+"""Settings an estimator brings with it, used where the configuration leaves them unset (``None``, or ``"auto"``
+for the critic's head). ``"ppo"`` is the paper's standard PPO: GAE at gamma = lambda = 1 over a per-token critic
+with a raw value head, squared error clipped 0.5 around the old values, and 50 iterations of critic warm-up
+(``"gae"`` with the default Bernoulli head and no clipping is the paper's PPO+BCE ablation)."""
+
+
 @dataclass
 class TrainerConfig:
     """Hyperparameters of :class:`~sppo_rl.llm.trainer.SPPOTrainer` (the paper's values by default).
@@ -199,7 +211,8 @@ class TrainerConfig:
 
     :param estimator: an advantage estimator of :data:`sppo_rl.objectives.ADVANTAGE_ESTIMATORS`: ``"sppo"``,
         ``"grpo"``, ``"dr_grpo"``, ``"rloo"``, ``"remax"``, ``"none"``, ``"batch_mean"``, ``"ema"``, ``"gae"``
-        (token-level PPO), or one you registered
+        (token-level PPO), ``"ppo"`` (the paper's standard PPO: ``"gae"`` with the settings of
+        :data:`ESTIMATOR_DEFAULTS`), or one you registered
     :param estimator_kwargs: options of the estimator (e.g. ``{"decay": 0.99}`` for ``"ema"``); checked against
         what it accepts
     :param n_samples_per_prompt: ``None``: the estimator's default (1 for sppo, 8 for grpo, 5 for rloo, ...)
@@ -253,7 +266,10 @@ class TrainerConfig:
     :param total_iterations: the length of the schedules (iterations of the whole run; the command line sets it
         from ``train.n_iterations``); needed by decaying schedules
     :param critic_warmup_iterations: the first iterations update the critic only (the policy waits for a trained
-        critic; verl's ``critic_warmup``)
+        critic; verl's ``critic_warmup``); ``None``: the estimator's default (50 for ``"ppo"``, else 0)
+    :param value_clip: clip a per-token critic's prediction to within this distance of its value at collection time
+        in its squared-error loss (PPO's value clipping, :func:`sppo_rl.objectives.clipped_value_loss`; needs the
+        ``"raw"`` value head); ``None``: the estimator's default (0.5 for ``"ppo"``, else off); 0: off
     :param entropy_coef: weight of an entropy bonus (``loss -= entropy_coef * entropy``, aggregated as the loss)
     :param mask_truncated_completions: leave responses cut at ``max_new_tokens`` out of the policy loss (DAPO)
     :param overlong_buffer: DAPO's soft overlong punishment: responses longer than ``max_new_tokens -
@@ -306,7 +322,8 @@ class TrainerConfig:
     critic_lr_scheduler_type: str | None = None
     critic_lr_warmup_iterations: int | None = None
     total_iterations: int | None = None
-    critic_warmup_iterations: int = 0
+    critic_warmup_iterations: int | None = None
+    value_clip: float | None = None
     entropy_coef: float = 0.0
     mask_truncated_completions: bool = False
     overlong_buffer: int = 0
@@ -318,6 +335,27 @@ class TrainerConfig:
         if self.n_samples_per_prompt is not None:
             return self.n_samples_per_prompt
         return get_advantage_estimator(self.estimator).samples_per_context
+
+    def _estimator_default(self, key: str, fallback: Any) -> Any:
+        return ESTIMATOR_DEFAULTS.get(self.estimator, {}).get(key, fallback)
+
+    @property
+    def critic_warmup(self) -> int:
+        """``critic_warmup_iterations``, or the estimator's default."""
+        if self.critic_warmup_iterations is not None:
+            return self.critic_warmup_iterations
+        return int(self._estimator_default("critic_warmup_iterations", 0))
+
+    @property
+    def value_clip_range(self) -> float | None:
+        """The value clipping in force: ``value_clip`` (0: off), or the estimator's default; ``None`` when off."""
+        clip = self.value_clip if self.value_clip is not None else self._estimator_default("value_clip", None)
+        return float(clip) if clip else None
+
+    def critic_value_head(self, requested: str) -> str:
+        """The critic's head for a requested one: ``"auto"`` becomes the estimator's (``"raw"`` for ``"ppo"``, else
+        ``"bernoulli"``)."""
+        return str(self._estimator_default("value_head", "bernoulli")) if requested == "auto" else requested
 
     @property
     def critic_schedule(self) -> tuple[str, int]:
@@ -367,9 +405,14 @@ class TrainerConfig:
         if self.generation.temperature <= 0:
             raise ValueError("generation.temperature must be > 0 (greedy decoding is only used for ReMax's baseline)")
         check_engine_name(self.generation.engine)
-        for name in ("lr_warmup_iterations", "critic_warmup_iterations", "overlong_buffer"):
-            if getattr(self, name) < 0:
+        for name in ("lr_warmup_iterations", "critic_warmup_iterations", "overlong_buffer", "value_clip"):
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.value_clip_range is not None and estimator.sequence_level:
+            raise ValueError(
+                f"value_clip clips a per-token critic's loss; the {self.estimator!r} estimator reads no per-token "
+                "values (use 'ppo' or 'gae')"
+            )
         if self.overlong_buffer >= self.generation.max_new_tokens:
             raise ValueError(
                 f"overlong_buffer ({self.overlong_buffer}) must be below generation.max_new_tokens "

@@ -68,7 +68,8 @@ class LMCritic(nn.Module):
 
     :param backbone: a ``transformers`` model (base model, or causal LM whose trunk is used), possibly peft-wrapped
     :param tokenizer: the critic's tokenizer (with a pad token)
-    :param value_head: ``"bernoulli"``, ``"gaussian"``, a :class:`~sppo_rl.value_heads.ValueHead` class or instance
+    :param value_head: ``"bernoulli"``, ``"gaussian"``, ``"raw"``, a :class:`~sppo_rl.value_heads.ValueHead` class or
+        instance
     :param max_prompt_length: prompt limit in critic tokens
     :param prompt_truncation: ``"error"`` or ``"left"``
     :param chat_template: how prompt messages are rendered with the critic's tokenizer
@@ -271,6 +272,7 @@ def load_critic(
     tokenizer: Any = None,
     texts: Iterable[str] | None = None,
     chat_template: bool | str = "auto",
+    auto_value_head: str = "bernoulli",
 ) -> LMCritic | None:
     """Build the critic.
 
@@ -283,6 +285,8 @@ def load_critic(
     :param texts: training texts for an in-process tokenizer spec
     :param chat_template: the policy's prompt rendering; a shared critic with ``chat_template="auto"`` reads the
         prompt exactly as the policy does (same model, same tokenizer)
+    :param auto_value_head: the head that ``value_head="auto"`` (and an in-memory critic model) gets: the estimator's
+        (:meth:`~sppo_rl.llm.config.TrainerConfig.critic_value_head`)
     :return: the critic, or ``None``
     """
     if spec is None or isinstance(spec, LMCritic):
@@ -296,13 +300,14 @@ def load_critic(
             raise ValueError("An in-memory critic model needs its tokenizer")
         backbone = spec.to(policy.device)
         backbone.requires_grad_(True)
-        return LMCritic(backbone.eval(), tokenizer, "bernoulli", max_prompt_length, prompt_truncation)
+        return LMCritic(backbone.eval(), tokenizer, auto_value_head, max_prompt_length, prompt_truncation)
     limit = spec.max_prompt_length or max_prompt_length
+    value_head = auto_value_head if spec.value_head == "auto" else spec.value_head
     if spec.mode == "none":
         return None
     if spec.mode == "shared":
         shared_template = chat_template if spec.chat_template == "auto" else spec.chat_template
-        return make_shared_critic(policy, spec.value_head, spec.lora, limit, prompt_truncation, shared_template)
+        return make_shared_critic(policy, value_head, spec.lora, limit, prompt_truncation, shared_template)
     if spec.mode != "separate":
         raise ValueError(f"critic.mode must be 'separate', 'shared' or 'none', got {spec.mode!r}")
     m = spec.model
@@ -331,7 +336,7 @@ def load_critic(
     return LMCritic(
         backbone.eval(),
         tok,
-        spec.value_head,
+        value_head,
         limit,
         prompt_truncation,
         spec.chat_template,

@@ -214,5 +214,11 @@ def build_models(
         critic_tokenizer,
         texts,
         config.chat_template,
+        auto_value_head=config.critic_value_head("auto"),
     )
+    if critic_model is not None and config.value_clip_range is not None and critic_model.head.name != "raw":
+        raise ValueError(
+            f"value_clip needs a critic with the 'raw' value head (an unbounded value, as standard PPO's); this "
+            f"critic's head is {critic_model.head.name!r}"
+        )
     return policy_model, critic_model

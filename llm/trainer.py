@@ -471,7 +471,7 @@ class SPPOTrainer:
             learning_rates["train/critic_learning_rate"] = self.critic_optimizer.param_groups[0]["lr"]
         metrics.update(self.train_critic(batch))
         metrics["memory/critic_update_peak_mb"] = peak_memory_mb(self.device)
-        if self.iteration >= self.config.critic_warmup_iterations:
+        if self.iteration >= self.config.critic_warmup:
             metrics.update(self.train_policy(batch))
             self.engine.sync_weights(self.policy)
         else:  # critic warm-up: the policy waits for a trained critic

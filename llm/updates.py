@@ -8,7 +8,8 @@ per rank; the shares are of the *global* mini-batch and the ranks' gradients are
 (:meth:`~sppo_rl.llm.distributed.Distributed.sync_gradients`), so the step is the one a single process takes.
 
 All the math is :mod:`sppo_rl.objectives` (:func:`~sppo_rl.objectives.clipped_policy_loss`,
-:func:`~sppo_rl.objectives.kl_penalty`, :func:`~sppo_rl.objectives.aggregate_loss`) and the critic's value head
+:func:`~sppo_rl.objectives.kl_penalty`, :func:`~sppo_rl.objectives.aggregate_loss`,
+:func:`~sppo_rl.objectives.clipped_value_loss`) and the critic's value head
 (:meth:`~sppo_rl.value_heads.ValueHead.loss_from_output`).
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sppo_rl.objectives import aggregate_loss, clipped_policy_loss, kl_penalty
+from sppo_rl.objectives import aggregate_loss, clipped_policy_loss, clipped_value_loss, kl_penalty
 
 from .config import TrainerConfig
 from .critic import LMCritic
@@ -51,7 +52,8 @@ def update_critic(
     dist: Distributed | None = None,
 ) -> dict[str, float]:
     """Train the critic with its head's loss: on ``(prompt, R)`` pairs, or on per-token returns when the
-    estimator is step-level (``batch.returns`` is set).
+    estimator is step-level (``batch.returns`` is set); there, with ``config.value_clip_range`` set (the ``"ppo"``
+    estimator), with :func:`~sppo_rl.objectives.clipped_value_loss` around the batch's old values instead.
 
     :param critic: the critic
     :param optimizer: its optimizer
@@ -60,7 +62,7 @@ def update_critic(
     :param config: batch sizes, epochs, clipping
     :param generator: the shuffling generator (shared with the policy update)
     :param dist: the ranks (``None``: one process)
-    :return: ``train/value_loss`` and ``train/critic_grad_norm``
+    :return: ``train/value_loss``, ``train/critic_grad_norm`` and, with value clipping, ``train/value_clip_fraction``
     """
     dist = dist or Distributed()
     device = batch.outcomes.device
@@ -68,7 +70,8 @@ def update_critic(
     n = config.samples_per_prompt
     mb = (config.critic_mini_batch_size or config.mini_batch_size or config.prompts_per_step) * n
     micro = config.critic_micro_batch_size or config.micro_batch_size
-    sums = {"loss": 0.0, "weight": 0.0}
+    clip = config.value_clip_range if batch.returns is not None else None
+    sums = {"loss": 0.0, "weight": 0.0, "clip": 0.0}
     norms = []
     with train_mode(critic.backbone), critic.active():
         for _ in range(config.critic_epochs or config.n_epochs):
@@ -82,7 +85,20 @@ def update_critic(
                         width = sub.response_mask.shape[1]
                         out = critic.token_outputs(sub.input_ids, sub.attention_mask, sub.n_prompt, width)
                         valid = sub.response_mask.bool()
-                        loss = critic.head.loss_from_output(out[valid], batch.returns[idx, :width][valid])
+                        if clip is not None:  # standard PPO: squared error, clipped around the old values
+                            if batch.values is None:
+                                raise RuntimeError("Value clipping needs the batch's old per-token values")
+                            value_loss = clipped_value_loss(
+                                out,
+                                batch.values[idx, :width].to(out.device),
+                                batch.returns[idx, :width].to(out.device),
+                                valid.to(out.device, out.dtype),
+                                clip_range=clip,
+                            )
+                            loss = value_loss.loss
+                            sums["clip"] += float(value_loss.clip_fraction) * float(valid.sum() / total_tokens)
+                        else:
+                            loss = critic.head.loss_from_output(out[valid], batch.returns[idx, :width][valid])
                         weight = valid.sum() / total_tokens
                     else:
                         if batch.critic_inputs is None:
@@ -102,10 +118,13 @@ def update_critic(
                 optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # no gradients held through the rest of the iteration
     sums = dist.sum_values(sums)
-    return {
+    metrics = {
         "train/value_loss": sums["loss"] / (sums["weight"] or 1.0),
         "train/critic_grad_norm": float(np.mean(norms)) if norms else 0.0,
     }
+    if clip is not None:
+        metrics["train/value_clip_fraction"] = sums["clip"] / (sums["weight"] or 1.0)
+    return metrics
 
 
 def update_policy(

@@ -26,6 +26,10 @@ registry what to compute and passes it by keyword; nobody lists estimator names.
     "rloo"      sequence  outcomes, group_ids             5        R - mean of the other samples of the group
     "remax"     sequence  outcomes, greedy_outcomes       1        R - R_greedy
     "gae"       step      rewards, values, mask           1        GAE(gamma, lambda), optionally whitened
+    "ppo"       step      rewards, values, mask           1        the same GAE, under the name of the paper's
+                                                                   standard PPO (the LLM trainer pairs it with a raw
+                                                                   value head, :func:`clipped_value_loss` and a
+                                                                   critic warm-up)
 
 Sequence-level estimators return one advantage per sequence, shape ``(B,)``; :func:`broadcast_to_steps` gives it
 to every step of its sequence. Step-level estimators return ``(advantages, returns)``, both ``(B, T)``.
@@ -41,7 +45,8 @@ after which ``SPPO("MlpPolicy", env, advantage_estimator="my-baseline")`` and
 ``SPPOTrainer(..., estimator="my-baseline")`` train with it.
 
 The loss is the PPO clipped surrogate with an asymmetric clip range, an optional dual clip for negative
-advantages and a clamp on the log-ratio, aggregated over the batch by one of :data:`LOSS_AGG_MODES`.
+advantages and a clamp on the log-ratio, aggregated over the batch by one of :data:`LOSS_AGG_MODES`. A per-step
+critic is trained with :func:`clipped_value_loss` (squared error, PPO's value clipping around the old values).
 """
 
 from __future__ import annotations
@@ -63,10 +68,12 @@ __all__ = [
     "AdvantageEstimator",
     "EMABaseline",
     "PolicyLossOutput",
+    "ValueLossOutput",
     "aggregate_loss",
     "batch_mean_advantages",
     "broadcast_to_steps",
     "clipped_policy_loss",
+    "clipped_value_loss",
     "compute_advantages",
     "dr_grpo_advantages",
     "gae_advantages",
@@ -586,6 +593,66 @@ def gae_advantages(
     if whiten:
         advantages = masked_whiten(advantages, mask)
     return advantages, returns
+
+
+register_advantage_estimator("ppo", level="step", inputs=("rewards", "values", "mask"))(gae_advantages)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Value loss of a per-step critic (token-level PPO)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ValueLossOutput:
+    """What :func:`clipped_value_loss` returns: the loss (with gradient) and a detached statistic."""
+
+    loss: Tensor
+    """Scalar loss to minimise."""
+    clip_fraction: Tensor
+    """Fraction of valid steps where the clipped prediction has the larger error (the clipped branch is active)."""
+
+
+def clipped_value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_range: float | None = 0.5,
+    loss_agg_mode: str = "token-mean",
+    norm_length: int | None = None,
+) -> ValueLossOutput:
+    """Squared error of a raw (unbounded) value prediction, with PPO's value clipping.
+
+    Per step, with ``c = clip_range``: ``v_clip = old + clip(v - old, -c, c)`` and
+    ``l_t = max((v - G)^2, (v_clip - G)^2)``: the prediction may not move further than ``c`` from the value it had
+    when the batch was collected unless that lowers neither error. ``clip_range=None`` gives the plain squared error
+    ``(v - G)^2``; aggregated by ``loss_agg_mode``, ``"token-mean"`` is then the mean squared error. (verl multiplies
+    the same loss by 0.5; under Adam a constant factor changes nothing but the effect of gradient clipping.)
+
+    :param values: ``(B, T)`` current predictions (with gradient)
+    :param old_values: ``(B, T)`` predictions of the critic that collected the batch (no gradient)
+    :param returns: ``(B, T)`` targets ``G_t`` (GAE's returns: ``A_t + V_t``)
+    :param mask: ``(B, T)``
+    :param clip_range: ``c`` (the paper's standard PPO: 0.5), or ``None`` for no clipping
+    :param loss_agg_mode: one of :data:`LOSS_AGG_MODES`
+    :param norm_length: the constant length of ``"seq-mean-token-sum-norm"`` (see :func:`aggregate_loss`)
+    :return: :class:`ValueLossOutput`
+    """
+    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    if clip_range is not None and clip_range <= 0:
+        raise ValueError(f"clip_range must be > 0 or None, got {clip_range}")
+    returns = returns.detach().to(values.dtype)
+    error = (values - returns) ** 2
+    clipped = torch.zeros_like(error, dtype=torch.bool)
+    if clip_range is not None:
+        old = old_values.detach().to(values.dtype)
+        error_clipped = (old + torch.clamp(values - old, -clip_range, clip_range) - returns) ** 2
+        clipped = error_clipped > error
+        error = torch.maximum(error, error_clipped)
+    loss = aggregate_loss(error, mask, loss_agg_mode, norm_length)
+    with torch.no_grad():
+        return ValueLossOutput(loss=loss, clip_fraction=masked_mean(clipped.to(values.dtype), mask))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ Built-in heads:
 - :class:`GaussianValueHead` (``"gaussian"``): a real-valued prediction, loss mean squared error. By default
   it learns in a normalised space (running mean and std of the outcomes seen), so episode returns of any
   scale (CartPole's 500, say) train well; the baseline is given back in the outcome's units.
+- :class:`RawValueHead` (``"raw"``): the unbounded output is the value itself, loss mean squared error, no
+  normalisation: the value model of standard (token-level) PPO, whose loss the LLM trainer clips around the old
+  values (:func:`sppo_rl.objectives.clipped_value_loss`).
 
 Writing your own head: subclass :class:`ValueHead` and implement :meth:`~ValueHead.baseline_from_output`,
 :meth:`~ValueHead.loss_from_output` and, if your outcomes are restricted, :meth:`~ValueHead.check_outcomes`::
@@ -43,6 +46,7 @@ __all__ = [
     "BernoulliValueHead",
     "GaussianValueHead",
     "OutcomeError",
+    "RawValueHead",
     "ValueHead",
     "make_value_head",
     "resolve_value_head_name",
@@ -199,9 +203,23 @@ class GaussianValueHead(ValueHead):
         return super().extra_repr() + f", normalize={self.normalize}"
 
 
+class RawValueHead(ValueHead):
+    """Unbounded value: the raw output is ``V`` in the outcome's units, trained with mean squared error.
+
+    The value model of standard PPO; :func:`sppo_rl.objectives.clipped_value_loss` adds PPO's value clipping, which
+    needs outputs in the units of the targets (this head, and the Gaussian head only with ``normalize=False``).
+    """
+
+    name: ClassVar[str] = "raw"
+
+    def loss_from_output(self, output: Tensor, outcomes: Tensor) -> Tensor:
+        return F.mse_loss(output, outcomes.to(output.dtype))
+
+
 VALUE_HEADS: dict[str, type[ValueHead]] = {
     BernoulliValueHead.name: BernoulliValueHead,
     GaussianValueHead.name: GaussianValueHead,
+    RawValueHead.name: RawValueHead,
 }
 """Name -> head class for the built-in heads."""
 

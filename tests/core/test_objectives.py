@@ -363,3 +363,44 @@ def test_whitening_is_one_function_for_both_shapes():
     assert torch.allclose(w.mean(), t(0.0)[0], atol=1e-12) and torch.allclose(w.std(), t(1.0)[0], atol=1e-6)
     per_step = obj.whiten_advantages(a[:, None].expand(4, 3).clone(), torch.tensor([[1, 1, 0]] * 4))
     assert (per_step[:, 2] == 0).all()
+
+
+# ---- value loss of a per-step critic ------------------------------------------------------------------------
+
+
+def _value_case():
+    values = t(1.0, 0.2, -0.5, -1.0, 7.0)[None].requires_grad_(True)
+    old = torch.zeros(1, 5, dtype=torch.float64)
+    returns = torch.ones(1, 5, dtype=torch.float64)
+    mask = t(1.0, 1.0, 1.0, 1.0, 0.0)[None]  # the last step is padding
+    return values, old, returns, mask
+
+
+def test_clipped_value_loss_hand_computed():
+    values, old, returns, mask = _value_case()
+    out = obj.clipped_value_loss(values, old, returns, mask, clip_range=0.5)
+    # step 1: v = 1 is exact, but clipped to 0.5 it errs by 0.25: the larger (clipped) error counts
+    # step 2: 0.2 is inside the clip: (0.2 - 1)^2 = 0.64; step 3: -0.5 on the clip's edge: 2.25
+    # step 4: -1 clipped to -0.5 errs less (2.25) than unclipped (4): the unclipped error counts
+    assert out.loss.item() == pytest.approx((0.25 + 0.64 + 2.25 + 4.0) / 4)
+    assert float(out.clip_fraction) == pytest.approx(1 / 4)
+    out.loss.backward()
+    # the clipped branch gives no gradient; elsewhere d/dv (v - 1)^2 / 4 = (v - 1) / 2; padding none
+    torch.testing.assert_close(values.grad, t(0.0, -0.4, -0.75, -1.0, 0.0)[None])
+
+
+def test_value_loss_without_clipping_is_the_mean_squared_error():
+    values, old, returns, mask = _value_case()
+    out = obj.clipped_value_loss(values, old, returns, mask, clip_range=None)
+    assert out.loss.item() == pytest.approx((0.0 + 0.64 + 2.25 + 4.0) / 4)
+    assert float(out.clip_fraction) == 0.0
+    wide = obj.clipped_value_loss(values, old, returns, mask, clip_range=100.0)
+    assert wide.loss.item() == pytest.approx(out.loss.item())
+    with pytest.raises(ValueError, match="clip_range must be > 0"):
+        obj.clipped_value_loss(values, old, returns, mask, clip_range=0.0)
+
+
+def test_ppo_is_gae_under_the_standard_ppo_name():
+    est = obj.get_advantage_estimator("ppo")
+    assert est.fn is obj.gae_advantages and est.level == "step" and est.needs_critic
+    assert est.inputs == ("rewards", "values", "mask") and est.samples_per_context == 1

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import torch
-from sppo_rl.llm.config import GenerationSettings
+from sppo_rl.llm.config import CriticSpec, GenerationSettings
 from sppo_rl.llm.rewards import ExactMatchVerifier
 from sppo_rl.llm.trainer import SPPOTrainer
 
+from sppo_rl.value_heads import BernoulliValueHead, RawValueHead
 from tests.llm.reward_helpers import parity_reward
 
 
@@ -135,6 +136,58 @@ def test_gae_token_level_ppo(make_policy: Any, copy_rows: Any, whiten: bool) -> 
     metrics = trainer.train_policy(batch)
     assert math.isfinite(metrics["train/policy_gradient_loss"])
     assert math.isfinite(trainer.train_critic(batch)["train/value_loss"])
+
+
+def test_ppo_preset_is_standard_ppo_raw_values_clipped_squared_error_and_warmup(
+    make_policy: Any, copy_rows: Any
+) -> None:
+    trainer = _trainer(make_policy, copy_rows, "ppo", critic="shared", prompts_per_step=8, mini_batch_size=8,
+                       micro_batch_size=8)  # fmt: skip
+    cfg, critic = trainer.config, trainer.critic
+    assert critic is not None and isinstance(critic.head, RawValueHead)
+    assert cfg.value_clip_range == 0.5 and cfg.critic_warmup == 50
+    unbounded = torch.tensor([-2.0, 3.5])
+    assert torch.equal(critic.baseline(unbounded), unbounded)  # no sigmoid: the value itself
+    trainer._seed_everything()
+    batch = trainer.collect_rollout()
+    mask = batch.rollout.response_mask.float()
+    with torch.no_grad(), critic.active():
+        r = batch.rollout
+        out = critic.token_outputs(r.input_ids, r.attention_mask, r.n_prompt, mask.shape[1]).double()
+    assert batch.values is not None and batch.returns is not None
+    torch.testing.assert_close(batch.values.double(), out * mask, atol=1e-5, rtol=1e-5)
+    # pretend the batch was collected by a critic whose values were 1 lower on the first half of the sequences and
+    # 0.3 lower on the rest: the first half is clipped (0.5 < 1), the rest is not
+    shift = torch.where(torch.arange(len(mask)) < len(mask) // 2, 1.0, 0.3)[:, None]
+    old = (out - shift) * mask
+    batch.values = old.float()
+    target = batch.returns.double()
+    clipped = old + (out - old).clamp(-0.5, 0.5)
+    per_token = torch.maximum((out - target) ** 2, (clipped - target) ** 2)
+    expected = float((per_token * mask).sum() / mask.sum())
+    mse = float((((out - target) ** 2) * mask).sum() / mask.sum())
+    assert abs(expected - mse) > 1e-3  # the clipping matters on this batch
+    metrics = trainer.train_critic(batch)  # one mini-batch, one micro-batch: the loss before the step
+    assert metrics["train/value_loss"] == pytest.approx(expected, rel=1e-4)
+    first_half = mask[: len(mask) // 2].sum() / mask.sum()
+    assert metrics["train/value_clip_fraction"] <= float(first_half) + 1e-6
+
+
+def test_ppo_warms_the_critic_up_and_gae_stays_the_bce_ablation(make_policy: Any, copy_rows: Any) -> None:
+    trainer = _trainer(make_policy, copy_rows, "ppo", critic="shared", critic_warmup_iterations=1)
+    assert trainer.config.critic_warmup == 1 and trainer.config.value_clip_range == 0.5
+    assert trainer.train_iteration()["train/critic_warmup"] == 1.0
+    assert "train/policy_gradient_loss" in trainer.train_iteration()
+    gae = _trainer(make_policy, copy_rows, "gae", critic="shared")
+    assert gae.critic is not None and isinstance(gae.critic.head, BernoulliValueHead)
+    assert gae.config.value_clip_range is None and gae.config.critic_warmup == 0
+    assert "train/value_clip_fraction" not in gae.train_iteration()
+    unclipped = _trainer(make_policy, copy_rows, "ppo", critic="shared", value_clip=0, critic_warmup_iterations=0)
+    assert unclipped.config.value_clip_range is None
+    with pytest.raises(ValueError, match="'raw' value head"):
+        _trainer(make_policy, copy_rows, "ppo", critic=CriticSpec(mode="shared", value_head="bernoulli"))
+    with pytest.raises(ValueError, match="per-token critic"):
+        _trainer(make_policy, copy_rows, "sppo", critic="shared", value_clip=0.5)
 
 
 def test_gae_needs_the_policys_tokens(make_policy: Any, copy_rows: Any, make_critic_model: Any) -> None:
