@@ -1,0 +1,33 @@
+"""The results pages quote the measured JSON: a re-run that changes a number fails here until the page follows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sppo_rl.zoo.control_suite import format_table
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def test_the_control_suite_page_shows_the_tables_of_its_json() -> None:
+    summaries = json.loads((DOCS / "control_suite" / "control_suite.json").read_text())
+    page = (DOCS / "control_suite.md").read_text()
+    assert set(summaries) == {"SparsePrecisionCartPole-v0", "SparseMountainCar-v0", "SparseLunarLander-v0"}
+    for task, summary in summaries.items():
+        assert f"(`{task}`)" in page
+        for line in format_table(summary["rows"]).splitlines()[2:]:  # every algorithm's row, as the report prints it
+            assert line in page, f"{task}: {line}"
+        assert (DOCS / "control_suite" / f"{task}.png").is_file()
+
+
+def test_the_critic_ablation_page_quotes_its_json() -> None:
+    ablation = json.loads((DOCS / "critic_ablation" / "critic_ablation.json").read_text())
+    page = (DOCS / "critic_ablation.md").read_text()
+    assert set(ablation) == set(json.loads((DOCS / "control_suite" / "control_suite.json").read_text()))
+    for task, algos in ablation.items():
+        assert f"(`{task}`)" in page and (DOCS / "critic_ablation" / f"{task}.png").is_file()
+        for algo in ("sppo", "ema"):
+            final = algos[algo]["final"]
+            quoted = f"| {algo} | {final['mean']:.2f} [{final['min']:.2f}, {final['max']:.2f}] |"
+            assert quoted in page, f"{task}: {quoted}"
