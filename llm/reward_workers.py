@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import weakref
@@ -35,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
+
+from sppo_rl.processes import exit_with_parent
 
 from .reward_functions import CallResult, RewardCall, RewardTimeoutError, call_reward
 
@@ -125,13 +126,7 @@ def zygote_main(fd: int) -> None:
 
 def _serve(functions: list[Any], names: list[str], fd_in: int, fd_out: int, zygote: int) -> None:
     """A worker: answer calls until the pipe closes (or the zygote is gone)."""
-
-    def watch() -> None:
-        while os.getppid() == zygote:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="sppo-reward-zygote-watch", daemon=True).start()
+    exit_with_parent(zygote, name="sppo-reward-zygote-watch")
     inbox, outbox = Connection(fd_in, writable=False), Connection(fd_out, readable=False)
     outbox.send(("ready", {}))
     while True:

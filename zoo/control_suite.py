@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from sppo_rl.processes import exit_with_parent
+
 from .errors import ZooError
 from .runs import folder_removed_on_failure
 
@@ -413,22 +415,6 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         return _run_stages(settings, config, out, algos, seeds, window)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """In a stage-3 worker process: exit as soon as the suite's process is gone.
-
-    A suite killed by a signal (``kill``, a job scheduler's time limit) does not shut its process pool down; without
-    this watch its workers would go on training until their current run ends.
-    """
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="sppo-suite-parent-watch", daemon=True).start()
-
-
 def _run_stages(
     settings: SuiteSettings, config: Any, out: Path, algos: list[str], seeds: list[int], window: int
 ) -> dict[str, Any]:
@@ -452,9 +438,9 @@ def _run_stages(
             runs.append(_stage3(job))
             _log(settings, f"  {job[0]} seed {job[3]}: done in {runs[-1].seconds:.0f} s{_calibration_note(runs[-1])}")
     else:
-        pool_args: dict[str, Any] = {"mp_context": get_context("spawn"), "initializer": _exit_with_parent}
-        pool_args["initargs"] = (os.getpid(),)
-        with ProcessPoolExecutor(max_workers=settings.jobs, **pool_args) as pool:
+        # a worker exits when the suite is gone (killed by a signal, it does not shut its pool down)
+        spawn, parent = get_context("spawn"), (os.getpid(),)
+        with ProcessPoolExecutor(settings.jobs, spawn, initializer=exit_with_parent, initargs=parent) as pool:
             for job, run in zip(jobs, pool.map(_stage3, jobs), strict=True):
                 runs.append(run)
                 _log(settings, f"  {job[0]} seed {job[3]}: done in {run.seconds:.0f} s{_calibration_note(run)}")
