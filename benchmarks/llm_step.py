@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import random
 import sys
 import time
@@ -653,7 +654,8 @@ def section_throughput(run: Run) -> dict[str, Any]:
     res: dict[str, Any] = {"steps": [], "checkpointing": []}
     run.results["sections"]["throughput"] = res
     tok, critic_tok, _ = tokenizers()
-    policy = build_policy(run, tok)
+    policy = build_policy(run, tok, checkpointing=args.activation_checkpointing)
+    res["activation_checkpointing"] = args.activation_checkpointing
     res["policy_params_b"] = round(n_params(policy.model) / 1e9, 3)
     res["lora_params_m"] = round(sum(p.numel() for p in policy.trainable_parameters()) / 1e6, 1)
     run.log("policy built", res["policy_params_b"], "B params")
@@ -705,12 +707,16 @@ def section_throughput(run: Run) -> dict[str, Any]:
         run.free()
 
     # GRPO N = 8, no critic (its peak memory is the "GRPO without critic" row of the memory table)
-    grpo = make_trainer(run, policy, None, "grpo", prompts, new, n_samples_per_prompt=8)
-    for i in range(args.grpo_steps):
-        res["steps"].append(step_record(run, grpo, f"GRPO N=8 (step {i + 1})"))
-        run.save()
-    del grpo
-    run.free()
+    if args.grpo_steps > 0:
+        grpo_prompts = args.grpo_prompts or prompts
+        grpo = make_trainer(run, policy, None, "grpo", grpo_prompts, new, n_samples_per_prompt=8)
+        for i in range(args.grpo_steps):
+            res["steps"].append(step_record(run, grpo, f"GRPO N=8 (step {i + 1})"))
+            run.save()
+        del grpo
+        run.free()
+    if args.sppo_steps <= 0:
+        return res
 
     # SPPO N = 1 with the paper's decoupled 1.5B critic, trained in full
     critic = build_critic(run, "1.5b-full", policy, critic_tok)
@@ -723,14 +729,9 @@ def section_throughput(run: Run) -> dict[str, Any]:
     for i in range(args.sppo_steps):
         res["steps"].append(step_record(run, sppo, f"SPPO N=1 + 1.5B critic (step {i + 1})"))
         run.save()
-    g = [s for s in res["steps"] if s["estimator"] == "grpo"][-1]
-    s = [s for s in res["steps"] if s["estimator"] == "sppo"][-1]
-    res["speedup_prompts_per_s"] = round(s["prompts_per_s"] / g["prompts_per_s"], 3)
-    res["generation_ratio"] = round(g["generation_s"] / s["generation_s"], 3)
-    train_g = g["step_s"] - g["generation_s"]
-    train_s = s["step_s"] - s["generation_s"]
-    res["training_ratio"] = round(train_g / train_s, 3)
-    run.log("SPPO/GRPO prompts per second:", res["speedup_prompts_per_s"])
+    if any(s["estimator"] == "grpo" for s in res["steps"]):
+        res.update(step_ratios(res["steps"]))
+        run.log("SPPO/GRPO prompts per second:", res["speedup_prompts_per_s"])
     run.save()
 
     # section 4: activation checkpointing and micro-batches for the policy update (critic resident, as in a step)
@@ -741,6 +742,45 @@ def section_throughput(run: Run) -> dict[str, Any]:
     del sppo, critic, policy
     run.free()
     return res
+
+
+def step_ratios(steps: list[dict[str, Any]]) -> dict[str, float]:
+    """SPPO against GRPO from their last steps: prompts per second, generation time and the rest, per prompt.
+
+    Per prompt, so that a GRPO step measured at fewer prompts (``--grpo-prompts``: its sequences would not fit
+    one decode batch at the full count anyway) compares with SPPO's full step.
+    """
+    g = [s for s in steps if s["estimator"] == "grpo"][-1]
+    s = [s for s in steps if s["estimator"] == "sppo"][-1]
+    train_g = (g["step_s"] - g["generation_s"]) / g["prompts"]
+    train_s = (s["step_s"] - s["generation_s"]) / s["prompts"]
+    return {
+        "speedup_prompts_per_s": round(s["prompts_per_s"] / g["prompts_per_s"], 3),
+        "generation_ratio": round((g["generation_s"] / g["prompts"]) / (s["generation_s"] / s["prompts"]), 3),
+        "training_ratio": round(train_g / train_s, 3),
+    }
+
+
+def merge_throughput(paths: list[str], out: str | None) -> dict[str, Any]:
+    """One throughput result from several runs (for example GRPO and SPPO measured by separate commands)."""
+    merged: dict[str, Any] = {"benchmark": "llm_step", "merged_from": [], "sections": {"throughput": {"steps": []}}}
+    for path in paths:
+        with open(path) as f:
+            part = json.load(f)
+        thr = part.get("sections", {}).get("throughput", {})
+        if "error" in thr:
+            raise SystemExit(f"{path}: its throughput section failed ({thr['error']}); nothing to merge")
+        merged["merged_from"].append({"file": os.path.basename(path), "command": part.get("command")})
+        merged["sections"]["throughput"]["steps"] += thr.get("steps", [])
+        merged.setdefault("environment", part.get("environment"))
+    steps = merged["sections"]["throughput"]["steps"]
+    if not {"grpo", "sppo"} <= {s["estimator"] for s in steps}:
+        raise SystemExit(f"--merge needs a GRPO and an SPPO step among {paths}")
+    merged["sections"]["throughput"].update(step_ratios(steps))
+    if out:
+        write_json(out, merged)
+    print_throughput(merged["sections"]["throughput"])
+    return merged
 
 
 def checkpointing_runs(run: Run, trainer: Any, policy: Any, batch: Any) -> list[dict[str, Any]]:
@@ -775,7 +815,7 @@ def checkpointing_runs(run: Run, trainer: Any, policy: Any, batch: Any) -> list[
         rows.append(row)
         run.log("checkpointing", json.dumps(row))
         run.save()
-    set_checkpointing(policy.model, True)
+    set_checkpointing(policy.model, args.activation_checkpointing)
     trainer.config.micro_batch_size = args.micro_batch
     return rows
 
@@ -786,6 +826,7 @@ def print_throughput(res: dict[str, Any]) -> None:
     rows = [
         [
             s["case"],
+            s["prompts"],
             s["sequences"],
             s["step_s"],
             s["generation_s"],
@@ -804,6 +845,7 @@ def print_throughput(res: dict[str, Any]) -> None:
             f"ratio {res.get('generation_ratio')}, training ratio {res.get('training_ratio')})",
             [
                 "case",
+                "prompts",
                 "sequences",
                 "step s",
                 "generation s",
@@ -826,15 +868,16 @@ def print_throughput(res: dict[str, Any]) -> None:
             c.get("s_per_sequence"),
             c.get("peak_gib") or c.get("skipped"),
         ]
-        for c in res["checkpointing"]
+        for c in res.get("checkpointing", [])
     ]
-    print(
-        markdown_table(
-            "Policy update of the 7B LoRA policy (1.5B critic resident)",
-            ["checkpointing", "micro-batch", "sequences", "update s", "s per sequence", "peak GiB"],
-            rows,
+    if rows:
+        print(
+            markdown_table(
+                "Policy update of the 7B LoRA policy (1.5B critic resident)",
+                ["checkpointing", "micro-batch", "sequences", "update s", "s per sequence", "peak GiB"],
+                rows,
+            )
         )
-    )
 
 
 def section_memory(run: Run) -> dict[str, Any]:
@@ -951,16 +994,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--cases", default=None, help="decode: only the cases whose label has all these comma-separated words"
     )
-    p.add_argument("--grpo-steps", type=int, default=1)
-    p.add_argument("--sppo-steps", type=int, default=2)
+    p.add_argument("--grpo-steps", type=int, default=1, help="GRPO steps of the throughput section (0: none)")
+    p.add_argument("--sppo-steps", type=int, default=2, help="SPPO steps of the throughput section (0: none)")
+    p.add_argument(
+        "--grpo-prompts",
+        type=int,
+        default=None,
+        help="prompts of a GRPO step (default --prompts); the ratios are per prompt",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="combine the throughput steps of these result files (GRPO and SPPO run apart) into --out, and stop",
+    )
     p.add_argument(
         "--ckpt-sequences", type=int, default=32, help="sequences of the checkpointing measurements (0: skip them)"
+    )
+    p.add_argument(
+        "--no-activation-checkpointing",
+        dest="activation_checkpointing",
+        action="store_false",
+        help="throughput: the policy's steps without activation checkpointing (default on; the critic keeps it)",
     )
     p.add_argument("--memory-cases", default="7b-lora,7b-full,shared")
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--budget-s", type=float, default=None, help="skip remaining cases after this many seconds")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.merge:
+        return merge_throughput(args.merge, args.out)
     if args.tiny:
         args.prompts, args.prompt_len, args.response_len = min(args.prompts, 4), min(args.prompt_len, 16), 12
         args.micro_batch, args.decode_batch, args.ckpt_sequences = 2, min(args.decode_batch, 4), 4

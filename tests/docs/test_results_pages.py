@@ -31,3 +31,17 @@ def test_the_critic_ablation_page_quotes_its_json() -> None:
             final = algos[algo]["final"]
             quoted = f"| {algo} | {final['mean']:.2f} [{final['min']:.2f}, {final['max']:.2f}] |"
             assert quoted in page, f"{task}: {quoted}"
+
+
+def test_the_llm_performance_page_quotes_the_h200_ratios_of_its_json() -> None:
+    page = (DOCS / "llm_performance.md").read_text()
+    for name in ("h200_throughput_1024", "h200_throughput_1024_nockpt", "h200_throughput_4096"):
+        throughput = json.loads((DOCS / "llm_performance" / f"{name}.json").read_text())["sections"]["throughput"]
+        steps = throughput["steps"]
+        grpo = [s for s in steps if s["estimator"] == "grpo"][-1]
+        sppo = [s for s in steps if s["estimator"] == "sppo"][-1]
+        ratio = sppo["prompts_per_s"] / grpo["prompts_per_s"]
+        assert abs(ratio - throughput["speedup_prompts_per_s"]) < 1e-3, name
+        assert f"**{ratio:.2f}**" in page, f"{name}: the page does not show the ratio {ratio:.2f} in bold"
+        for step in (grpo, sppo):
+            assert f"| {step['step_s']:.1f} | {step['generation_s']:.1f} |" in page, f"{name}: {step['case']}"
