@@ -167,23 +167,38 @@ def graded_row(rng: random.Random, kind: str, template: str = ONE_SHOT) -> dict[
 def make_graded_splits(
     eval_size: int, train_size: int, seed: int, template: str = ONE_SHOT
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(train rows, held-out rows)`` of ``--task graded``: the kinds in turn, operands drawn per prompt; the
-    held-out questions are distinct and never in the training stream (which may repeat a question of its own)."""
+    """``(train rows, held-out rows)`` of ``--task graded``: the kinds in turn, operands drawn per prompt.
+
+    The two sides are independent draws from the task's distribution, so they have the same mix of easy and hard
+    prompts and a held-out score estimates the score on the prompts training sees. A question may therefore occur
+    on both sides; with operands drawn log-uniformly that happens only for the smallest problems (``1 + 2``), which
+    are few. Skipping the held-out questions in training instead would remove a fifth of the two-digit problems
+    from training (the held-out draws hit the most frequent ones), and keeping the held-out questions distinct, as
+    an earlier version did, made easy questions rarer there (held-out success 0.077 against 0.126 in training).
+    :func:`split_overlap` measures the overlap.
+    """
     rng = random.Random(seed)
     kinds = list(GRADED_KINDS)
-    held_out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    while len(held_out) < eval_size:
-        row = graded_row(rng, kinds[len(held_out) % len(kinds)], template)
-        if row["question"] not in seen:
-            seen.add(row["question"])
-            held_out.append(row)
-    train: list[dict[str, Any]] = []
-    while len(train) < train_size:
-        row = graded_row(rng, kinds[len(train) % len(kinds)], template)
-        if row["question"] not in seen:
-            train.append(row)
+    held_out = [graded_row(rng, kinds[i % len(kinds)], template) for i in range(eval_size)]
+    train = [graded_row(rng, kinds[i % len(kinds)], template) for i in range(train_size)]
     return train, held_out
+
+
+def unseen_skill(
+    predicted: list[float], observed: list[float], base_rate: float, eval_rows: list[dict[str, Any]], seen: set[str]
+) -> dict[str, float]:
+    """:func:`brier_skill` on the held-out prompts whose question is not among the training rows (``seen``)."""
+    keep = [i for i, row in enumerate(eval_rows) if row["question"] not in seen]
+    if not keep:
+        return {"skill": float("nan"), "prompts": 0}
+    score = brier_skill([predicted[i] for i in keep], [observed[i] for i in keep], base_rate)
+    return {"skill": score["skill"], "skill_vs_held_out_mean": score["skill_vs_held_out_mean"], "prompts": len(keep)}
+
+
+def split_overlap(train: list[dict[str, Any]], held_out: list[dict[str, Any]]) -> float:
+    """The share of held-out prompts whose question also occurs in the training rows."""
+    seen = {row["question"] for row in train}
+    return sum(row["question"] in seen for row in held_out) / max(1, len(held_out))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -455,6 +470,8 @@ def critic_study(
     dtype = resolve(args, device)[1]
     train_rows, eval_rows = make_graded_splits(args.eval_size, args.study_train, args.seed)
     train, held_out = llm.PromptDataset(train_rows, name="train"), llm.PromptDataset(eval_rows, name="held-out")
+    train_questions = {row["question"] for row in train_rows}
+    print(f"held-out prompts whose question is also in training: {split_overlap(train_rows, eval_rows):.3f}")
     rewards = RewardRunner(ExactMatchVerifier(mode="boxed"), timeout_s=None)
     policy = make_policy(base, tokenizer, args, device, dtype)
     t0 = time.perf_counter()
@@ -497,10 +514,13 @@ def critic_study(
             predicted = critic_predictions(critic, held_out)
             score = brier_skill(predicted, observed, base_rate)
             score.update(passes=n_pass + 1, seconds=time.perf_counter() - t1, predicted_sd=_sd(predicted))
+            unseen = unseen_skill(predicted, observed, base_rate, eval_rows, train_questions)
+            score.update(skill_unseen=unseen["skill"], unseen_prompts=unseen["prompts"])
             per_pass.append(score)
             print(
                 f"  {name} pass {n_pass + 1}: Brier {score['brier']:.4f} (constant {score['brier_constant']:.4f}) "
-                f"skill {score['skill']:+.3f}, vs held-out mean {score['skill_vs_held_out_mean']:+.3f}, "
+                f"skill {score['skill']:+.3f} (unseen prompts {score['skill_unseen']:+.3f}), "
+                f"vs held-out mean {score['skill_vs_held_out_mean']:+.3f}, "
                 f"sd(V) {score['predicted_sd']:.3f}, {score['seconds']:.0f}s",
                 flush=True,
             )
@@ -556,6 +576,7 @@ class MethodRun:
         base_eval: dict[str, Any],
     ) -> None:
         self.method, self.base, self.tokenizer, self.train = method, base, tokenizer, train
+        self.train_questions = {train[i]["question"] for i in range(len(train))}
         self.held_out, self.rewards, self.args, self.device, self.dtype = held_out, rewards, args, device, dtype
         self.n_samples = args.grpo_samples if method == "grpo" else 1
         self.budget = args.budget_minutes * 60.0
@@ -741,6 +762,10 @@ class MethodRun:
             recent = self.iterations[-args.base_rate_iterations :]
             base_rate = sum(i["reward_mean"] for i in recent) / max(len(recent), 1)
             out["calibration"]["skill"] = brier_skill(predicted, sampled["per_prompt"], base_rate)
+            rows = [held_out[i] for i in range(len(held_out))]
+            out["calibration"]["skill_unseen"] = unseen_skill(
+                predicted, sampled["per_prompt"], base_rate, rows, self.train_questions
+            )
             out["calibration"]["predicted"] = predicted
             out["calibration"]["observed"] = sampled["per_prompt"]
             out["calibration"]["kinds"] = kinds
@@ -1291,7 +1316,8 @@ def main(argv: list[str] | None = None) -> int:
         train_rows, eval_rows = make_graded_splits(args.eval_size, args.train_size, args.seed)
     else:
         train_rows, eval_rows = make_splits(list(KINDS), args.eval_size, args.train_size, args.seed)
-    assert not {r["question"] for r in train_rows} & {r["question"] for r in eval_rows}
+    if args.task != "graded":  # the fixed task's held-out problems are never trained on; graded: see make_graded_splits
+        assert not {r["question"] for r in train_rows} & {r["question"] for r in eval_rows}
     train = llm.PromptDataset(train_rows, name="train")
     held_out = llm.PromptDataset(eval_rows, name="held-out")
     rewards = RewardRunner(ExactMatchVerifier(mode="boxed"), timeout_s=None)
@@ -1352,6 +1378,7 @@ def main(argv: list[str] | None = None) -> int:
             "kinds": GRADED_KINDS if args.task == "graded" else KINDS,
             "template": ONE_SHOT,
             "train_size": len(train_rows),
+            "held_out_in_training": split_overlap(train_rows, eval_rows),
             "eval_size": len(eval_rows),
             "reward": "exact match of the last \\boxed{} content with the integer answer",
         },

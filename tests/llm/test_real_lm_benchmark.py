@@ -31,7 +31,7 @@ def real_lm() -> Any:
 def test_splits_are_disjoint_balanced_and_correct(real_lm: Any) -> None:
     train, held_out = real_lm.make_splits(list(real_lm.KINDS), eval_size=200, train_size=1000, seed=3)
     assert len(held_out) == 200 and len(train) == 1000
-    assert not {r["question"] for r in train} & {r["question"] for r in held_out}
+    assert real_lm.split_overlap(train, held_out) == 0.0  # the fixed task never trains on a held-out problem
     assert [sum(r["kind"] == k for r in held_out) for k in real_lm.KINDS] == [50, 50, 50, 50]
     for r in held_out + train:
         op = real_lm.KINDS[r["kind"]]["op"]
@@ -63,8 +63,8 @@ def test_calibration_table_by_hand(real_lm: Any) -> None:
 def test_graded_splits_draw_operand_sizes_per_prompt(real_lm: Any) -> None:
     train, held_out = real_lm.make_graded_splits(eval_size=90, train_size=600, seed=1)
     assert len(held_out) == 90 and len(train) == 600
-    assert not {r["question"] for r in train} & {r["question"] for r in held_out}
-    assert len({r["question"] for r in held_out}) == 90
+    assert 0 < real_lm.split_overlap(train, held_out) < 0.25  # only the smallest problems occur on both sides
+    assert all(r["size"] <= 3 for r in held_out if r["question"] in {t["question"] for t in train})
     assert [sum(r["kind"] == k for r in held_out) for k in real_lm.GRADED_KINDS] == [30, 30, 30]
     for r in held_out + train:
         k = real_lm.GRADED_KINDS[r["kind"]]
@@ -74,6 +74,19 @@ def test_graded_splits_draw_operand_sizes_per_prompt(real_lm: Any) -> None:
     add_sizes = {r["size"] for r in train if r["kind"] == "add"}
     assert add_sizes == {2, 3, 4, 5, 6}  # one to three digits each, within one kind
     assert real_lm.make_graded_splits(eval_size=90, train_size=600, seed=1) == (train, held_out)
+
+
+def test_graded_splits_draw_both_sides_alike(real_lm: Any) -> None:
+    """Both sides are plain draws of the task (keeping the held-out questions distinct made easy ones rarer)."""
+    import random
+
+    train, held_out = real_lm.make_graded_splits(eval_size=150, train_size=3000, seed=0)
+    rng = random.Random(0)
+    kinds = list(real_lm.GRADED_KINDS)
+    assert held_out == [real_lm.graded_row(rng, kinds[i % 3]) for i in range(150)]
+    assert train == [real_lm.graded_row(rng, kinds[i % 3]) for i in range(3000)]
+    assert len({r["question"] for r in held_out}) < 150  # easy questions repeat, as they do in training
+    assert real_lm.split_overlap(held_out, held_out) == 1.0 and real_lm.split_overlap(train, []) == 0.0
 
 
 def test_brier_skill_by_hand(real_lm: Any) -> None:
