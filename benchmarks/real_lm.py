@@ -446,6 +446,7 @@ CRITIC_VARIANTS: dict[str, dict[str, Any]] = {
     "lr3e-4_top8_3pass": {"critic_lr": 3e-4, "critic_layers": 8, "passes": 3},
     "lr3e-5_all_3pass": {"critic_lr": 3e-5, "critic_layers": 0, "passes": 3},
     "lr3e-4_top2_3pass": {"critic_lr": 3e-4, "critic_layers": 2, "passes": 3},
+    "lr3e-5_top8_3pass": {"critic_lr": 3e-5, "critic_layers": 8, "passes": 3},
 }
 """``--critic-study``: the critic settings compared on the same outcomes of the base policy (learning rate, how many
 of the last layers train, passes over the data)."""
@@ -475,12 +476,14 @@ def critic_study(
     rewards = RewardRunner(ExactMatchVerifier(mode="boxed"), timeout_s=None)
     policy = make_policy(base, tokenizer, args, device, dtype)
     t0 = time.perf_counter()
-    train_outcomes = evaluate(policy, train, rewards, args, k=1, sampled=True)["per_prompt"]
+    # each training prompt's target: the success rate of its --study-train-samples responses (1: one outcome)
+    train_outcomes = evaluate(policy, train, rewards, args, k=args.study_train_samples, sampled=True)["per_prompt"]
     observed = evaluate(policy, held_out, rewards, args, k=args.calib_samples)["per_prompt"]
     sample_s = time.perf_counter() - t0
     base_rate = sum(train_outcomes) / len(train_outcomes)
     print(
-        f"sampled {len(train_rows)} + {len(eval_rows)} x {args.calib_samples} responses in {sample_s:.0f}s; "
+        f"sampled {len(train_rows)} x {args.study_train_samples} + {len(eval_rows)} x {args.calib_samples} "
+        f"responses in {sample_s:.0f}s; "
         f"training success {base_rate:.3f}, held-out {sum(observed) / len(observed):.3f}",
         flush=True,
     )
@@ -1165,6 +1168,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--critic-study", action="store_true", help="only compare critic settings on the base policy's outcomes"
     )
     p.add_argument("--study-train", type=int, default=768, help="training prompts of --critic-study")
+    p.add_argument(
+        "--study-train-samples",
+        type=int,
+        default=1,
+        help="--critic-study: sampled responses per training prompt (the critic's target is their success rate)",
+    )
     p.add_argument(
         "--study-variants", default="", help="comma-separated CRITIC_VARIANTS names, in the order to run (default: all)"
     )
