@@ -51,11 +51,12 @@ def test_the_llm_performance_page_quotes_the_h200_ratios_of_its_json() -> None:
 def test_the_real_lm_critic_page_quotes_its_json() -> None:
     page = (DOCS / "critic_ablation_real_lm.md").read_text()
     study = json.loads((DOCS / "real_lm" / "critic_study_2.json").read_text())
-    for name, variant in study["variants"].items():
-        skills = " | ".join(f"{p['skill']:+.3f}" for p in variant["per_pass"]).replace("+0.067", "**+0.067**")
-        assert f"| {name.rsplit('_', 1)[0]} |" in page and skills in page, f"{name}: {skills}"
     best = max(p["skill"] for v in study["variants"].values() for p in v["per_pass"])
-    assert f"**{best:+.3f}**" in page and best < 0.10  # the page says the target was not met
+    assert best < 0.10  # the page says the target was not met
+    for name, variant in study["variants"].items():  # every pass's skill, the best in bold
+        skills = " | ".join(f"{p['skill']:+.3f}" for p in variant["per_pass"])
+        skills = skills.replace(f"{best:+.3f}", f"**{best:+.3f}**")
+        assert f"| {name.rsplit('_', 1)[0]} |" in page and skills in page, f"{name}: {skills}"
     runs = json.loads((DOCS / "real_lm" / "graded" / "real_lm.json").read_text())["runs"]
     for method in ("sppo", "ema", "grpo"):
         assert f"{runs[method]['final_accuracy']:.3f}" in page, method
